@@ -1,0 +1,82 @@
+"""Process identity and group signalling, shared by the launcher, the supervisor and the CLI.
+
+A pid alone is not an identity (pids are reused), so nrun records the process start time beside
+it and only signals a pid whose start time still matches.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Optional
+
+
+def start_time(pid: int) -> Optional[str]:
+    """The kernel's start time of ``pid`` (field 22 of /proc/pid/stat), or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields and fields[0] == "Z":  # a zombie has finished
+        return None
+    return fields[19] if len(fields) > 19 else None
+
+
+def alive(pid: Optional[int], started: Optional[str]) -> bool:
+    if not pid:
+        return False
+    now = start_time(pid)
+    return now is not None and (started is None or now == started)
+
+
+def kill_group(pgid: int, grace_s: float = 5.0) -> None:
+    """TERM the group, give it ``grace_s`` to exit, then KILL what is left."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def tagged_pids(token: str) -> list[int]:
+    """Processes whose environment carries ``NRUN_TOKEN=<token>``.
+
+    torchrun starts each worker in its own session, so a process-group kill misses them; every
+    process of a point inherits the token, which finds them wherever they moved.
+    """
+    needle = f"NRUN_TOKEN={token}\0".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle in f.read() + b"\0":
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def kill_tagged(token: str) -> int:
+    """SIGKILL every process still carrying the token; returns how many were signalled."""
+    pids = tagged_pids(token)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(pids)
