@@ -50,13 +50,22 @@ def point_command(python: str, app: AppRef, overrides: List[str], job_dir: str, 
                   job_id: str) -> List[str]:
     """The command of one point in Hydra's single-run mode, writing where multirun would."""
     return [
-        python, *app.argv(), *overrides,
+        python, *app.argv(), *task_overrides(overrides),
         f"hydra.run.dir={_hydra_quote(job_dir)}",
         "hydra.output_subdir=.hydra",
         f"hydra.job.num={index}",
         f"hydra.job.id={_hydra_quote(job_id)}",
         f"++hydra.callbacks.nrun_result._target_={RESULT_CALLBACK}",
     ]
+
+
+def task_overrides(overrides: List[str]) -> List[str]:
+    """The point's overrides without nrun's own groups (`nrun/launcher=torchrun`, ...).
+
+    Hydra files every override not spelled `hydra.`/`hydra/` under the task, but the nrun groups
+    only choose how the launcher runs the point: in the point's own run they mean nothing.
+    """
+    return [o for o in overrides if not o.lstrip("+~").startswith("nrun/")]
 
 
 def _hydra_quote(value: str) -> str:

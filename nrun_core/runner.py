@@ -85,7 +85,7 @@ class Runner:
         row = self.rows[event.idx]
         if isinstance(event, Started):
             self._attempts[event.idx] += 1
-            row.state, row.started, row.ended, row.detail = RUNNING, time.time(), None, ""
+            row.state, row.started, row.ended, row.detail = RUNNING, event.time, None, ""
             row.attempt = self._attempts[event.idx]
             self.store.update_point(self.sweep_id, event.idx, state=RUNNING, backend_id=event.backend_id,
                                     pid=event.pid, pid_start=event.pid_start, started=row.started,
@@ -93,7 +93,7 @@ class Runner:
         elif isinstance(event, Ended):
             spec = self.specs[event.idx]
             outcome = settle(spec, event)
-            row.ended = time.time()
+            row.ended = event.time
             if outcome.state in (FAILED, TIMEOUT) and self._attempts[event.idx] <= self.retries:
                 row.state, row.detail = PENDING, f"retry {self._attempts[event.idx]}/{self.retries}: {outcome.error}"
                 self.store.update_point(self.sweep_id, event.idx, state=PENDING, exit_code=outcome.exit_code,

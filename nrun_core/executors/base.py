@@ -8,7 +8,8 @@ reading of results, so every backend behaves the same.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from nrun_core.spec import JobSpec
@@ -22,6 +23,7 @@ class Started:
     backend_id: str
     pid: Optional[int] = None
     pid_start: Optional[str] = None
+    time: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -32,6 +34,7 @@ class Ended:
     reason: str
     exit_code: Optional[int] = None
     detail: str = ""
+    time: float = field(default_factory=time.time)
 
 
 Event = Union[Started, Ended]

@@ -1,0 +1,265 @@
+"""`nrun`: follow, inspect and cancel sweeps from any shell; bring sandboxes up and down.
+
+Starts fast: it reads the SQLite store and imports a backend module only for the command that
+needs it (cancelling a Slurm sweep imports the Slurm executor; `nrun list` imports none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+from nrun_core.errors import NrunError
+from nrun_core.store import TERMINAL, Store
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except NrunError as exc:
+        print(f"nrun: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nrun", description="Follow, inspect and cancel nrun sweeps.")
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    s = sub.add_parser("list", help="recent sweeps")
+    s.add_argument("-n", type=int, default=20, help="how many (default 20)")
+    s.set_defaults(func=cmd_list)
+
+    s = sub.add_parser("status", help="state of every point of a sweep")
+    s.add_argument("sweep", nargs="?", default="last", help="sweep id, id prefix, name, or 'last'")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("logs", help="a point's stdout/stderr (all points if none given)")
+    s.add_argument("sweep")
+    s.add_argument("point", nargs="?", type=int)
+    s.add_argument("-f", "--follow", action="store_true", help="keep printing until the point(s) end")
+    s.add_argument("--stderr", action="store_true", help="stderr instead of stdout")
+    s.set_defaults(func=cmd_logs)
+
+    s = sub.add_parser("cancel", help="cancel a sweep, or some of its points")
+    s.add_argument("sweep")
+    s.add_argument("points", nargs="*", type=int)
+    s.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the points to stop")
+    s.set_defaults(func=cmd_cancel)
+
+    s = sub.add_parser("show", help="resolved launcher config, artifact, and each point's command")
+    s.add_argument("sweep")
+    s.add_argument("point", nargs="?", type=int)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_show)
+
+    s = sub.add_parser("sandbox", help="a real backend on this machine: slurm, docker")
+    s.add_argument("name")
+    s.add_argument("action", choices=["up", "down", "status", "env"])
+    s.set_defaults(func=cmd_sandbox)
+    return p
+
+
+# -- commands -----------------------------------------------------------------------------
+def cmd_list(args: argparse.Namespace) -> int:
+    store = Store()
+    rows = []
+    for sw in store.sweeps(args.n):
+        sw = _fresh(store, sw)
+        counts = store.counts(sw["id"])
+        summary = " ".join(f"{k.lower()}={v}" for k, v in sorted(counts.items()))
+        rows.append([sw["id"], sw["name"] or "", sw["executor"], sw["state"] or "", _ago(sw["created"]), summary])
+    _table(["SWEEP", "NAME", "EXECUTOR", "STATE", "CREATED", "POINTS"], rows)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    store = Store()
+    sw = _fresh(store, store.sweep(args.sweep))
+    points = store.points(sw["id"])
+    if args.json:
+        print(json.dumps({"sweep": _public(sw), "points": [_public(p) for p in points]}, indent=2, default=str))
+        return 0
+    counts = store.counts(sw["id"])
+    print(f"sweep {sw['id']}  {sw['name']}  executor={sw['executor']}  state={sw['state']}  "
+          + " ".join(f"{k.lower()}={v}" for k, v in sorted(counts.items())))
+    rows = []
+    for p in points:
+        took = f"{(p['ended'] or time.time()) - p['started']:.1f}s" if p["started"] else ""
+        detail = p["value_repr"] if p["state"] == "COMPLETED" else (p["error"] or "").splitlines()[0:1]
+        detail = detail if isinstance(detail, str) else (detail[0] if detail else "")
+        rows.append([str(p["idx"]), p["state"], p["backend_id"] or "", took, " ".join(p["overrides"]),
+                     (detail or "")[:70]])
+    _table(["#", "STATE", "BACKEND ID", "TIME", "OVERRIDES", "RESULT / ERROR"], rows)
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    store = Store()
+    sw = store.sweep(args.sweep)
+    points = [store.point(sw["id"], args.point)] if args.point is not None else store.points(sw["id"])
+    key = "stderr" if args.stderr else "stdout"
+    files = {p["idx"]: p[key] for p in points if p[key]}
+    prefix = len(files) > 1
+    offsets = {i: 0 for i in files}
+    while True:
+        for idx, path in files.items():
+            offsets[idx] = _print_new(path, offsets[idx], f"[#{idx}] " if prefix else "")
+        if not args.follow:
+            return 0
+        sw = _fresh(store, store.sweep(sw["id"]))
+        states = {p["idx"]: p["state"] for p in store.points(sw["id"])}
+        if all(states.get(i) in TERMINAL for i in files):
+            for idx, path in files.items():
+                offsets[idx] = _print_new(path, offsets[idx], f"[#{idx}] " if prefix else "")
+            return 0
+        time.sleep(0.3)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from nrun_core.executors import executor_class
+    from nrun_core.reconcile import supervised
+
+    store = Store()
+    sw = store.sweep(args.sweep)
+    indices: Optional[List[int]] = args.points or None
+    for i in indices or []:
+        store.point(sw["id"], i)  # unknown point: clear error
+    store.request_cancel(sw["id"], indices)
+    wanted = lambda p: indices is None or p["idx"] in indices  # noqa: E731
+    if supervised(sw):
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            if all(p["state"] in TERMINAL for p in store.points(sw["id"]) if wanted(p)):
+                break
+            time.sleep(0.2)
+    else:  # nobody watches the sweep: stop the points ourselves
+        cls = executor_class(sw["executor"])
+        live = [p for p in store.points(sw["id"]) if wanted(p) and p["state"] not in TERMINAL]
+        cls.cancel_recorded(sw, [p for p in live if p["state"] == "RUNNING"])
+        for p in live:
+            store.update_point(sw["id"], p["idx"], state="CANCELLED", ended=time.time(),
+                               error="cancelled by nrun cancel", detail="cancelled by nrun cancel (unsupervised)")
+        if indices is None or all(p["state"] in TERMINAL for p in store.points(sw["id"])):
+            store.update_sweep(sw["id"], state="CANCELLED", ended=time.time())
+    left = [p for p in store.points(sw["id"]) if wanted(p) and p["state"] not in TERMINAL]
+    done = [p for p in store.points(sw["id"]) if wanted(p) and p["state"] == "CANCELLED"]
+    print(f"sweep {sw['id']}: {len(done)} point(s) cancelled"
+          + (f", {len(left)} still stopping: {[p['idx'] for p in left]}" if left else ""))
+    return 1 if left else 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from nrun_core.shell import join
+
+    store = Store()
+    sw = store.sweep(args.sweep)
+    points = [store.point(sw["id"], args.point)] if args.point is not None else store.points(sw["id"])
+    if args.json:
+        print(json.dumps({"sweep": _public(sw), "points": [_public(p, spec=True) for p in points]},
+                         indent=2, default=str))
+        return 0
+    print(f"sweep:     {sw['id']} ({sw['name']})\nexecutor:  {sw['executor']}\nstate:     {sw['state']}\n"
+          f"command:   {join(sw['argv'] or [])}\ncwd:       {sw['cwd']}\nsweep dir: {sw['sweep_dir']}")
+    art = sw.get("artifact")
+    if art:
+        print(f"artifact:  {art.get('digest')}  commit={art.get('commit')} dirty={art.get('dirty')} "
+              f"files={len(art.get('files') or [])} packager={(art.get('packager') or {}).get('name')}")
+    else:
+        print("artifact:  none (passthrough: points run from the current tree)")
+    print("launcher config:")
+    for line in json.dumps(sw["conf"], indent=2, default=str).splitlines():
+        print("  " + line)
+    for p in points:
+        spec = json.loads(p["spec"]) if p["spec"] else {}
+        print(f"\n#{p['idx']} {p['state']}  {' '.join(p['overrides'])}")
+        print(f"  job dir: {spec.get('job_dir')}\n  command: {join(spec.get('command') or [])}")
+        for ev in store.events(sw["id"], p["idx"]):
+            print(f"  {time.strftime('%H:%M:%S', time.localtime(ev['time']))} {ev['state']:<9} {ev['detail'] or ''}")
+    return 0
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from nrun_core import sandbox
+    from nrun_core.shell import exports
+
+    box = sandbox.get(args.name)
+    if args.action == "up":
+        env = box.up()
+        print(exports(env))
+        print(f"# nrun sandbox {args.name} is up; eval \"$(nrun sandbox {args.name} env)\" to use it",
+              file=sys.stderr)
+    elif args.action == "down":
+        box.down()
+    elif args.action == "status":
+        ok, text = box.status()
+        print(text)
+        return 0 if ok else 1
+    else:
+        print(exports(box.env()))
+    return 0
+
+
+# -- helpers ------------------------------------------------------------------------------
+def _fresh(store: Store, sw: Dict[str, Any]) -> Dict[str, Any]:
+    from nrun_core.reconcile import reconcile
+
+    if sw["state"] not in TERMINAL and reconcile(store, sw):
+        return store.sweep(sw["id"])
+    return sw
+
+
+def _public(row: Dict[str, Any], spec: bool = False) -> Dict[str, Any]:
+    out = dict(row)
+    if "spec" in out:
+        out["spec"] = json.loads(out["spec"]) if (spec and out["spec"]) else None
+        if not spec:
+            out.pop("spec")
+    return out
+
+
+def _print_new(path: str, offset: int, prefix: str) -> int:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return offset
+    if not data:
+        return offset
+    keep = data if not prefix else data[: data.rfind(b"\n") + 1]
+    text = keep.decode(errors="replace")
+    if prefix:
+        text = "".join(prefix + line for line in text.splitlines(keepends=True))
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    return offset + len(keep)
+
+
+def _ago(t: Optional[float]) -> str:
+    if not t:
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _table(header: List[str], rows: List[List[str]]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
+    for row in [header, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

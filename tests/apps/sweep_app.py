@@ -1,0 +1,36 @@
+"""Test app: each point does what `action` says, so tests can sweep over behaviours."""
+
+import os
+import signal
+import sys
+import time
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base=None, config_path="conf", config_name="sweep_app")
+def main(cfg: DictConfig):
+    print(f"point x={cfg.x} action={cfg.action} msg={cfg.msg!r}", flush=True)
+    print("to-stderr", file=sys.stderr, flush=True)
+    if cfg.action == "raise":
+        raise ValueError(f"boom at x={cfg.x}")
+    if cfg.action == "exit":
+        os._exit(3)
+    if cfg.action == "segv":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if cfg.action == "sleep":
+        time.sleep(cfg.seconds)
+    if cfg.action == "burn":
+        end = time.process_time() + cfg.seconds
+        while time.process_time() < end:
+            pass
+    if cfg.action == "env":
+        return {k: os.environ.get(k) for k in cfg.env_names}
+    if cfg.action == "cwd":
+        return os.getcwd()
+    return {"x": cfg.x, "msg": cfg.msg, "square": cfg.x * cfg.x}
+
+
+if __name__ == "__main__":
+    main()
