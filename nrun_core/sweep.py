@@ -201,6 +201,9 @@ class Sweep:
         r, w = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
+        if self._store is not None:  # SQLite connections must not cross a fork: both sides reopen
+            self._store.close()
+            self._store = None
         pid = os.fork()
         if pid == 0:
             code = 0
@@ -215,7 +218,7 @@ class Sweep:
                 os.dup2(fd, 2)
                 sys.stdout = open(1, "w", buffering=1, closefd=False)
                 sys.stderr = open(2, "w", buffering=1, closefd=False)
-                self._store = Store()  # never share a SQLite connection across fork
+                self._store = Store()
                 self._store.update_sweep(self.sweep_id or "", supervisor_pid=os.getpid(),
                                          supervisor_start=procs.start_time(os.getpid()))
                 os.write(w, b"ok")

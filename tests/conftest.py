@@ -1,0 +1,56 @@
+"""Shared test helpers: run Hydra apps the way a user does (a subprocess), with a private store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+APPS = ROOT / "tests" / "apps"
+PYTHON = sys.executable
+NRUN = [PYTHON, "-m", "nrun_core.cli"]
+
+
+def required(backend: str) -> bool:
+    """CI lists the backends it started in NRUN_REQUIRE: their tests must fail, never skip."""
+    return backend in {b.strip() for b in os.environ.get("NRUN_REQUIRE", "").split(",")}
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A private NRUN_HOME for the test and every process it starts."""
+    h = tmp_path / "nrun_home"
+    monkeypatch.setenv("NRUN_HOME", str(h))
+    return h
+
+
+def run_app(app: str, *args: str, cwd: Path, env: Optional[Dict[str, str]] = None,
+            timeout: float = 180, check: Optional[bool] = None) -> subprocess.CompletedProcess:
+    """`python APP -m ARGS` in cwd (outputs land there), like a user's shell."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run([PYTHON, str(APPS / app), "-m", *args, f"hydra.sweep.dir={cwd}/multirun"],
+                          cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check is True and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def nrun(*args: str, env: Optional[Dict[str, str]] = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([*NRUN, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def status_json(ref: str = "last") -> dict:
+    out = nrun("status", ref, "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def states(ref: str = "last") -> Dict[int, str]:
+    return {p["idx"]: p["state"] for p in status_json(ref)["points"]}

@@ -1,0 +1,239 @@
+"""nrun_local end to end: real Hydra apps, real processes, the real store, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import APPS, PYTHON, nrun, run_app, states, status_json
+
+LOCAL = "hydra/launcher=nrun_local"
+TRICKY = """a b; $(touch /tmp/nrun_pwned) `x` 'q' "dq" $HOME"""
+
+
+def test_sweep_hands_real_values_to_the_sweeper(home, tmp_path):
+    record = tmp_path / "record.json"
+    proc = run_app("sweep_app.py", LOCAL, "hydra/sweeper=nrun_test_record", "x=1,2,3", cwd=tmp_path,
+                   env={"RECORD_FILE": str(record), "PYTHONPATH": str(APPS)}, check=True)
+    seen = json.loads(record.read_text())
+    assert [r["value"]["square"] for r in seen] == [1, 4, 9]      # batches of 2: two launch() calls
+    assert all(r["status"] == "COMPLETED" for r in seen)
+    assert states() == {0: "COMPLETED", 1: "COMPLETED", 2: "COMPLETED"}
+    assert len({p["sweep_id"] for p in status_json()["points"]}) == 1  # one sweep across batches
+    out = (tmp_path / "multirun" / "1" / "stdout.log").read_text()
+    assert "point x=2" in out
+    assert proc.returncode == 0
+
+
+def test_failures_are_isolated_and_named(home, tmp_path):
+    proc = run_app("sweep_app.py", LOCAL, "action=ok,raise,exit,segv,sleep", "seconds=30",
+                   "hydra.launcher.timeout_s=2", "hydra.launcher.max_parallel=5", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert states() == {0: "COMPLETED", 1: "FAILED", 2: "FAILED", 3: "FAILED", 4: "TIMEOUT"}
+    points = {p["idx"]: p for p in status_json()["points"]}
+    assert "'square': 0" in points[0]["value_repr"]
+    assert "ValueError: boom at x=0" in points[1]["error"]
+    assert "exited with code 3" in points[2]["error"]
+    assert "SIGSEGV" in points[3]["error"]
+    assert "timeout_s=2" in points[4]["error"]
+    # the summary names every failed point and its log files
+    for idx in (1, 2, 3, 4):
+        assert f"#{idx} " in proc.stderr
+        assert str(tmp_path / "multirun" / str(idx) / "stderr.log") in proc.stderr
+    assert "ValueError: boom at x=0" in (tmp_path / "multirun" / "1" / "stderr.log").read_text()
+    # the timed-out point's process is gone
+    assert not _pid_alive(points[4]["pid"])
+
+
+@pytest.mark.parametrize("mode", ["fork", "command"])
+def test_override_reaches_task_verbatim(home, tmp_path, mode):
+    Path("/tmp/nrun_pwned").unlink(missing_ok=True)
+    hydra_value = "'" + TRICKY.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    run_app("sweep_app.py", LOCAL, f"msg={hydra_value}", "x=1,2", f"hydra.launcher.mode={mode}",
+            cwd=tmp_path, check=True)
+    points = status_json()["points"]
+    assert all(f"'msg': {TRICKY!r}" in p["value_repr"] for p in points), points
+    assert not Path("/tmp/nrun_pwned").exists()
+
+
+def test_env_and_secret_env_reach_points_and_secrets_stay_off_disk(home, tmp_path):
+    secret = "s3cr3t-value-7f1d"
+    proc = run_app("sweep_app.py", LOCAL, "action=env", "env_names=[PLAIN,MY_TOKEN]", "x=1,2",
+                   "+hydra.launcher.env.PLAIN=hello", "hydra.launcher.secret_env=[MY_TOKEN]",
+                   cwd=tmp_path, env={"MY_TOKEN": secret}, check=True)
+    import hashlib
+
+    digest = "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:16]
+    values = [p["value_repr"] for p in status_json()["points"]]
+    assert all("'PLAIN': 'hello'" in v and f"'MY_TOKEN': '{digest}'" in v for v in values), values
+    for path in [*home.rglob("*"), *(tmp_path / "multirun").rglob("*")]:
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    assert secret not in proc.stdout + proc.stderr
+
+
+def test_max_parallel_bounds_concurrency(home, tmp_path):
+    run_app("sweep_app.py", LOCAL, "action=sleep", "seconds=0.6", "x=1,2,3,4,5",
+            "hydra.launcher.max_parallel=2", cwd=tmp_path, check=True)
+    spans = [(p["started"], p["ended"]) for p in status_json()["points"]]
+    most = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
+    assert most == 2
+
+
+def test_unknown_launcher_key_fails_before_anything_runs(home, tmp_path):
+    proc = run_app("sweep_app.py", LOCAL, "x=1,2", "hydra.launcher.max_paralel=2", cwd=tmp_path)
+    assert proc.returncode != 0 and "max_paralel" in proc.stderr
+    proc = run_app("sweep_app.py", LOCAL, "x=1,2", "nrun/launcher=torchrun",
+                   "+hydra.launcher.launcher.nproc_per_nod=2", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "nproc_per_nod" in proc.stderr and "nproc_per_node" in proc.stderr  # the key and the valid ones
+    proc = run_app("sweep_app.py", LOCAL, "x=1,2", "hydra.launcher.retries=-1", cwd=tmp_path)
+    assert proc.returncode != 0 and "hydra.launcher.retries=-1" in proc.stderr
+    assert not (tmp_path / "multirun" / "0").exists()
+    assert nrun("list").stdout.count("\n") <= 1  # header only: no sweep recorded
+
+
+def test_dry_run_prints_every_command_and_runs_nothing(home, tmp_path):
+    proc = run_app("sweep_app.py", LOCAL, "x=1,2", "hydra.launcher.dry_run=true", cwd=tmp_path, check=True)
+    assert proc.stdout.count("## point") == 2
+    assert "sweep_app.py x=1" in proc.stdout and "hydra.job.num=1" in proc.stdout
+    assert not (tmp_path / "multirun" / "0" / "stdout.log").exists()
+
+
+def test_retries_rerun_a_failed_point(home, tmp_path):
+    marker = tmp_path / "ran-once"
+    app = tmp_path / "flaky.py"
+    app.write_text(
+        "import hydra, pathlib\n"
+        "@hydra.main(version_base=None, config_path=None, config_name=None)\n"
+        "def main(cfg):\n"
+        f"    m = pathlib.Path({str(marker)!r})\n"
+        "    if not m.exists():\n"
+        "        m.write_text('x'); raise RuntimeError('first try fails')\n"
+        "    return 'second try'\n"
+        "main()\n")
+    subprocess.run([PYTHON, str(app), "-m", LOCAL, "+x=1", "hydra.launcher.retries=1",
+                    f"hydra.sweep.dir={tmp_path}/multirun"], cwd=tmp_path, check=True,
+                   capture_output=True, timeout=120)
+    p = status_json()["points"][0]
+    assert p["state"] == "COMPLETED" and p["attempts"] == 2 and "second try" in p["value_repr"]
+
+
+def test_detached_sweep_is_followed_and_cancelled_from_another_shell(home, tmp_path):
+    t0 = time.monotonic()
+    proc = run_app("sweep_app.py", LOCAL, "action=sleep", "seconds=60", "x=1,2,3",
+                   "hydra.launcher.wait=false", "hydra.launcher.max_parallel=2", cwd=tmp_path, check=True)
+    assert time.monotonic() - t0 < 30
+    assert "nrun status" in proc.stderr
+    _wait_for(lambda: list(states().values()).count("RUNNING") == 2)
+    pids = [p["pid"] for p in status_json()["points"] if p["state"] == "RUNNING"]
+    out = nrun("cancel", "last", timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert set(states().values()) == {"CANCELLED"}
+    assert status_json()["sweep"]["state"] == "CANCELLED"
+    assert not any(_pid_alive(pid) for pid in pids)
+
+
+def test_cancel_one_point_of_a_detached_sweep(home, tmp_path):
+    run_app("sweep_app.py", LOCAL, "action=sleep", "seconds=3", "x=1,2",
+            "hydra.launcher.wait=false", cwd=tmp_path, check=True)
+    _wait_for(lambda: list(states().values()).count("RUNNING") == 2)
+    assert nrun("cancel", "last", "0").returncode == 0
+    _wait_for(lambda: states()[1] == "COMPLETED", timeout=30)
+    assert states() == {0: "CANCELLED", 1: "COMPLETED"}
+
+
+def test_sigkill_of_the_launcher_leaves_a_consistent_store(home, tmp_path):
+    launcher = subprocess.Popen(
+        [PYTHON, str(APPS / "sweep_app.py"), "-m", LOCAL, "action=sleep", "seconds=2", "x=1,2,3",
+         "hydra.launcher.max_parallel=1", f"hydra.sweep.dir={tmp_path}/multirun"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(lambda: nrun("list").stdout.count("\n") >= 2 and 0 in states() and states()[0] == "RUNNING")
+    launcher.kill()
+    launcher.wait()
+    _wait_for(lambda: "RUNNING" not in states().values(), timeout=30)  # the orphan finishes, then settles
+    final = states()
+    assert final[0] == "COMPLETED"                      # settled from its result file
+    assert final[1] == final[2] == "LOST"               # never started: named, not forgotten
+    assert status_json()["sweep"]["state"] == "FAILED"
+
+
+def test_ctrl_c_cancels_running_points(home, tmp_path):
+    launcher = subprocess.Popen(
+        [PYTHON, str(APPS / "sweep_app.py"), "-m", LOCAL, "action=sleep", "seconds=60", "x=1,2,3",
+         "hydra.launcher.max_parallel=2", f"hydra.sweep.dir={tmp_path}/multirun"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: nrun("list").stdout.count("\n") >= 2 and list(states().values()).count("RUNNING") == 2)
+    pids = [p["pid"] for p in status_json()["points"] if p["state"] == "RUNNING"]
+    launcher.send_signal(signal.SIGINT)
+    _, err = launcher.communicate(timeout=60)
+    assert launcher.returncode == 130
+    assert "cancel" in err.lower()
+    assert set(states().values()) == {"CANCELLED"}
+    assert not any(_pid_alive(pid) for pid in pids)
+
+
+def test_resume_skips_points_that_completed(home, tmp_path):
+    run_app("sweep_app.py", LOCAL, "x=1,2", "hydra.launcher.sweep_name=resumable", cwd=tmp_path, check=True)
+    first = {p["idx"]: p["pid"] for p in status_json()["points"]}
+    run_app("sweep_app.py", LOCAL, "x=1,2,3", "hydra.launcher.sweep_name=resumable",
+            "hydra.launcher.resume=true", cwd=tmp_path / "again" if (tmp_path / "again").mkdir() is None else tmp_path,
+            check=True)
+    second = status_json()["points"]
+    assert [p["state"] for p in second] == ["COMPLETED"] * 3
+    assert [p["pid"] for p in second][:2] == [None, None]      # not run again
+    assert second[2]["pid"] is not None and first
+
+
+def test_plugin_is_registered_with_hydra(tmp_path):
+    out = subprocess.run([PYTHON, str(APPS / "sweep_app.py"), "--info", "plugins"], capture_output=True,
+                         text=True, cwd=tmp_path, check=True).stdout
+    assert "NrunLocalLauncher" in out
+    cfg = subprocess.run([PYTHON, str(APPS / "sweep_app.py"), "--cfg", "hydra", LOCAL, "nrun/launcher=torchrun"],
+                         capture_output=True, text=True, cwd=tmp_path, check=True).stdout
+    assert "NrunLocalLauncher" in cfg and "nproc_per_node" in cfg and "max_parallel" in cfg
+
+
+@pytest.mark.torch
+def test_torchrun_two_process_gloo_allreduce(home, tmp_path):
+    pytest.importorskip("torch") if not os.environ.get("NRUN_REQUIRE") else __import__("torch")
+    run_app("torch_allreduce.py", LOCAL, "nrun/launcher=torchrun", "+run=1", cwd=tmp_path, check=True,
+            env={"OMP_NUM_THREADS": "1"}, timeout=240)
+    p = status_json()["points"][0]
+    assert p["state"] == "COMPLETED"
+    assert "'world_size': 2" not in p["value_repr"]  # nproc defaults to 1 without GPUs ...
+    run_app("torch_allreduce.py", LOCAL, "nrun/launcher=torchrun", "hydra.launcher.launcher.nproc_per_node=2",
+            "+run=1", cwd=tmp_path, check=True, env={"OMP_NUM_THREADS": "1"}, timeout=240)
+    p = status_json()["points"][0]
+    assert p["state"] == "COMPLETED"
+    assert "'world_size': 2, 'sum': 3.0" in p["value_repr"]   # ... and 2 workers when asked
+    log = (tmp_path / "multirun" / "0" / "stdout.log").read_text()
+    assert "rank 0/2" in log and "rank 1/2" in log
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, TypeError):
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _wait_for(cond, timeout: float = 60, step: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if cond():
+                return
+        except (AssertionError, KeyError, json.JSONDecodeError):
+            pass
+        time.sleep(step)
+    raise AssertionError("condition not met in time")
