@@ -6,10 +6,8 @@ subclasses ``NrunConf``; options shared by every backend live there so they spel
 everywhere.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 PLUGIN = "hydra_plugins.nrun_launcher.nrun_launcher"
 
@@ -57,25 +55,3 @@ class LocalConf(NrunConf):
     # and the passthrough packager); command: run `python app.py <overrides>` as a subprocess;
     # auto: fork when possible, command otherwise (torchrun, a packaged snapshot).
     mode: str = "auto"
-
-
-def launcher_defaults(schema: str) -> Dict[str, Any]:
-    """The `hydra/launcher=<name>` entry: schema plus the packager and launcher group defaults.
-
-    Stored at the global package so the group entries inside have short override keys
-    (`nrun/launcher=torchrun`, not `nrun/launcher@hydra.launcher.launcher=torchrun`).
-    """
-    return {
-        "defaults": [
-            {"/nrun/schema": schema},
-            {"/nrun/packager": "passthrough"},
-            {"/nrun/launcher": "direct"},
-            "_self_",
-        ]
-    }
-
-
-# (hydra/launcher option name, schema dataclass); each executor adds its line when it works.
-LAUNCHERS: List[tuple] = [
-    ("nrun_local", LocalConf),
-]

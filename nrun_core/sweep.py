@@ -44,6 +44,9 @@ class Sweep:
         self.executor_name = executor
         self.options: Dict[str, Any] = _plain(options)
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
+        from nrun_core.compose import FastComposer
+
+        FastComposer(hydra_context.config_loader).install()
         self.sweep_id: Optional[str] = None
         self._store: Optional[Store] = None
         self._configs: Dict[int, DictConfig] = {}

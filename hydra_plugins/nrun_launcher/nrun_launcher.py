@@ -3,25 +3,70 @@
 Hydra imports this module at every start of every Hydra app on the machine, so it must stay
 cheap: it registers configs and declares thin Launcher classes whose methods import the real
 implementation on first use.
+
+Registration is lazy. ``ConfigStore.store`` turns a dataclass into an OmegaConf node at once
+(a few ms each, paid by every Hydra app, nrun user or not); Hydra deep-copies a stored node each
+time it loads one, so nodes stored here build the structured config in ``__deepcopy__``, only
+when an nrun launcher is actually selected.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
-from hydra.core.config_store import ConfigStore
 from hydra.core.config_search_path import ConfigSearchPath
+from hydra.core.config_store import ConfigNode, ConfigStore
 from hydra.plugins.launcher import Launcher
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 
-from nrun_core.conf import LAUNCHERS, launcher_defaults
+# hydra/launcher option → schema dataclass in nrun_core.conf; each executor adds its line.
+LAUNCHERS: Dict[str, str] = {
+    "nrun_local": "LocalConf",
+}
 
-_cs = ConfigStore.instance()
-for _name, _schema in LAUNCHERS:
-    _cs.store(group="nrun/schema", name=_name, node=_schema, package="hydra.launcher", provider="nrun")
-    _cs.store(group="hydra/launcher", name=_name, node=launcher_defaults(_name), package="_global_",
-              provider="nrun")
+
+class _LazyNode:
+    """Stands in for a stored config node until Hydra copies it for use."""
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self._build = build
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> Any:
+        return self._build()
+
+
+def _schema(class_name: str) -> Any:
+    from omegaconf import OmegaConf
+
+    from nrun_core import conf
+
+    return OmegaConf.structured(getattr(conf, class_name))
+
+
+def _entry(schema: str) -> Any:
+    """`hydra/launcher=<name>`: the schema plus the packager and launcher group defaults.
+
+    Stored at the global package so the group entries inside get short override keys
+    (`nrun/launcher=torchrun`, not `nrun/launcher@hydra.launcher.launcher=torchrun`).
+    """
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({"defaults": [{"/nrun/schema": schema}, {"/nrun/packager": "passthrough"},
+                                          {"/nrun/launcher": "direct"}, "_self_"]})
+
+
+def _register(group: str, name: str, build: Callable[[], Any], package: str) -> None:
+    node = ConfigStore.instance().repo
+    for part in group.split("/"):
+        node = node.setdefault(part, {})
+    node[f"{name}.yaml"] = ConfigNode(name=f"{name}.yaml", node=_LazyNode(build), group=group,
+                                      package=package, provider="nrun")
+
+
+for _name, _class in LAUNCHERS.items():
+    _register("nrun/schema", _name, lambda c=_class: _schema(c), "hydra.launcher")
+    _register("hydra/launcher", _name, lambda n=_name: _entry(n), "_global_")
 
 
 class NrunSearchPath(SearchPathPlugin):
