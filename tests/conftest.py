@@ -54,3 +54,6 @@ def status_json(ref: str = "last") -> dict:
 
 def states(ref: str = "last") -> Dict[int, str]:
     return {p["idx"]: p["state"] for p in status_json(ref)["points"]}
+
+
+from slurm_fixtures import slurm_cluster, slurm_env  # noqa: E402,F401  (shared backend fixtures)

@@ -1,0 +1,40 @@
+"""nrun installed from its built wheel (not editable) runs the README's example sweep."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.timeout(600)
+def test_wheel_install_runs_example_sweep(tmp_path):
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(dist), str(ROOT)], check=True, capture_output=True)
+    wheel = next(dist.glob("hydra_nrun-*.whl"))
+    names = subprocess.run([sys.executable, "-m", "zipfile", "-l", str(wheel)], capture_output=True,
+                           text=True, check=True).stdout
+    assert "nrun_conf/nrun/launcher/torchrun.yaml" in names and "hydra_plugins/nrun_launcher/" in names
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel)],
+                   check=True, capture_output=True, timeout=480)
+    app = tmp_path / "app"
+    shutil.copytree(ROOT / "examples", app, ignore=shutil.ignore_patterns("multirun", "outputs"))
+    env = {"NRUN_HOME": str(tmp_path / "home"), "PATH": f"{venv}/bin:/usr/bin:/bin"}
+    subprocess.run([str(py), "train.py", "-m", "hydra/launcher=nrun_local", "lr=0.1,0.01", "seed=1",
+                    "nrun/packager=passthrough", "hydra.launcher.progress=lines", "step_time=0"],
+                   cwd=app, env=env, check=True, capture_output=True, timeout=120)
+    out = subprocess.run([str(venv / "bin" / "nrun"), "status", "last", "--json"], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    points = json.loads(out)["points"]
+    assert [p["state"] for p in points] == ["COMPLETED", "COMPLETED"]
+    assert all(float(p["value_repr"]) < 0 for p in points)
