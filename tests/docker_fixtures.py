@@ -1,0 +1,77 @@
+"""Fixtures for tests that need the Docker sandbox: skip (or fail, if required) when it is down.
+
+Tests never bring the engine up themselves: the first `up` may install docker.io and build the
+base image (minutes), so it is an explicit step (`nrun sandbox docker up`, or CI before pytest).
+With ``NRUN_REQUIRE=docker`` (comma-separated list) a missing engine or base image FAILS the
+test instead of skipping it, so CI cannot pass by silently skipping the real backend. The torch
+image is required too when CI also sets ``NRUN_SANDBOX_TORCH=1`` (it asked `up` to build it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from nrun_core.sandbox import docker as docker_sandbox_mod
+
+
+def required(backend: str) -> bool:
+    """True if NRUN_REQUIRE names BACKEND: its tests must fail, not skip, when it is missing."""
+    wanted = os.environ.get("NRUN_REQUIRE", "")
+    return backend in {w.strip() for w in wanted.split(",")}
+
+
+def _missing(msg: str, need: str = "docker") -> None:
+    """Fail under NRUN_REQUIRE=docker, skip otherwise; MSG says how to bring it up."""
+    if required(need):
+        pytest.fail(f"NRUN_REQUIRE={need} but {msg}", pytrace=False)
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def docker_sandbox() -> dict[str, str]:
+    """The sandbox's client environment (DOCKER_HOST, NRUN_SANDBOX_IMAGE, ...) once usable."""
+    ok, report = docker_sandbox_mod.status()
+    if not ok:
+        _missing("the Docker sandbox is not up: run `nrun sandbox docker up` "
+                 f"(or `python -m nrun_core.sandbox.docker up`)\n{report}")
+    return docker_sandbox_mod.env()
+
+
+@pytest.fixture
+def docker_env(
+    docker_sandbox: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, str]]:
+    """os.environ pointed at the sandbox engine for one test (docker-py and the CLI read it)."""
+    for key, value in docker_sandbox.items():
+        monkeypatch.setenv(key, value)
+    yield dict(os.environ)
+
+
+@pytest.fixture(scope="session")
+def docker_torch_image(docker_sandbox: dict[str, str]) -> str:
+    """Tag of the torch CPU image; built by `NRUN_SANDBOX_TORCH=1 nrun sandbox docker up`."""
+    tag = docker_sandbox.get("NRUN_SANDBOX_TORCH_IMAGE")
+    if not tag:
+        msg = ("the Docker sandbox has no torch image: run "
+               "`NRUN_SANDBOX_TORCH=1 nrun sandbox docker up`")
+        if required("docker") and os.environ.get("NRUN_SANDBOX_TORCH") == "1":
+            pytest.fail(f"NRUN_REQUIRE=docker and NRUN_SANDBOX_TORCH=1 but {msg}", pytrace=False)
+        pytest.skip(msg)
+    return tag
+
+
+@pytest.fixture
+def docker_client(docker_sandbox: dict[str, str]) -> Iterator[Any]:
+    """A docker-py client on the sandbox engine (API version negotiated), closed afterwards."""
+    import docker
+
+    client = docker.DockerClient(base_url=docker_sandbox["DOCKER_HOST"], version="auto",
+                                 timeout=120)
+    try:
+        yield client
+    finally:
+        client.close()
