@@ -122,7 +122,7 @@ class Sweep:
         if artifact is not None:
             root = self._snapshot_root(artifact)
             workdir = os.path.join(root, artifact.workdir)
-            app = app.relocated(artifact.manifest["source_root"], root)
+            app = app.relocated(artifact.manifest.get("root") or artifact.manifest["source_dir"], root)
         command = point_command(sys.executable, app, overrides, job_dir, idx, str(cfg.hydra.job.id))
         command = wrappers.wrap(command, o.get("launcher"), nodes=o.get("nodes", 1),
                                 gpus_per_node=o.get("gpus_per_node", 0), run_id=f"{self.sweep_id}-{idx}")
@@ -181,6 +181,8 @@ class Sweep:
 
     def _run_here(self, executor: Any, specs: List[JobSpec], rows: Dict[int, Row]) -> Dict[int, Outcome]:
         view = make_view(self.options.get("progress", "auto"), self.sweep_id or "", rows)
+        view.message(f"[nrun] sweep {self.sweep_id}: {len(specs)} point(s) on nrun_{self.executor_name}; "
+                     f"outputs in {self.config.hydra.sweep.dir}; `nrun status {self.sweep_id}` from any shell")
         runner = Runner(self.store, self.sweep_id or "", executor, specs, rows, view,
                         retries=self.options.get("retries", 0))
         try:
