@@ -1,0 +1,87 @@
+"""Package the code of a sweep once, reproducibly, into a content-addressed artifact.
+
+Packagers (config group ``nrun/packager``): ``passthrough`` (no artifact, run in place), ``git``
+(git archive of a ref, submodules, dirty-tree policy), ``pattern`` (globs), ``hybrid`` (several
+into one) and ``workdir`` (the directory honouring .gitignore). Artifacts live in
+``NRUN_HOME/artifacts/<digest>.tar.gz``; the digest is of the packed content, so an unchanged tree
+is never packed twice. The executing side extracts with ``unpack`` (``unpack.py`` is stdlib-only
+and can be shipped on its own: see ``UNPACK_SCRIPT``).
+
+Importing this package is cheap; the work modules are imported when a function is called.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Bound before ``def unpack`` below so the package attribute ``unpack`` is the function, not the
+# submodule (importing a submodule later would otherwise shadow it).
+from nrun_core.packaging import unpack as _unpack_module
+
+UNPACK_SCRIPT = Path(_unpack_module.__file__)
+PACKAGERS = ("passthrough", "git", "pattern", "hybrid", "workdir")
+log = logging.getLogger("nrun.packaging")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One packed tree: where the archive is, what it holds, and where to run from inside it."""
+
+    path: Path
+    digest: str
+    manifest: dict
+    workdir: str
+
+
+def validate(cfg: Mapping[str, Any]) -> None:
+    """Raise ConfigError for an unknown packager, unknown keys or bad values, before anything runs."""
+    from nrun_core.packaging.config import normalize
+
+    normalize(cfg)
+
+
+def package(cfg: Mapping[str, Any], *, source_dir: Path) -> Artifact | None:
+    """Pack per ``cfg`` from the launch directory ``source_dir``; None for passthrough."""
+    from nrun_core.packaging import store
+    from nrun_core.packaging.config import normalize
+
+    c = normalize(cfg)
+    name = c["name"]
+    if name == "passthrough":
+        return None
+    source = Path(source_dir).resolve()
+    t0 = time.perf_counter()
+    if name == "git":
+        from nrun_core.packaging.gitpack import pack as run
+    elif name == "workdir":
+        from nrun_core.packaging.fspack import pack_workdir as run
+    elif name == "pattern":
+        from nrun_core.packaging.fspack import pack_pattern as run
+    else:
+        from functools import partial
+
+        from nrun_core.packaging.hybrid import pack as hybrid_pack
+
+        run = partial(hybrid_pack, package=package)
+    digest, manifest, workdir = run(c, source)
+    log.info(
+        "%s artifact %s (%d files, %.1f MB, %s) in %.2fs",
+        "reused" if manifest["reused"] else "packed", digest[:12], manifest["file_count"],
+        manifest["total_bytes"] / 1e6, name, time.perf_counter() - t0,
+    )
+    return Artifact(store.archive_path(digest), digest, manifest, workdir)
+
+
+def unpack(archive: Path, dest: Path) -> Path:
+    """Safely extract ``archive`` into ``dest`` (absent or empty); no-op if dest already holds it."""
+    from nrun_core.errors import PackagingError
+
+    try:
+        return _unpack_module.unpack(Path(archive), Path(dest))
+    except _unpack_module.UnpackError as e:
+        raise PackagingError(str(e)) from e

@@ -1,0 +1,71 @@
+"""The packagers that read a directory from disk: ``workdir`` (.gitignore rules) and ``pattern`` (globs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from nrun_core.errors import PackagingError
+from nrun_core.packaging import fstree, gitrepo, store
+from nrun_core.packaging.ignore import find_repo, workdir_files
+from nrun_core.packaging.manifest import build, caller_position, file_rows
+from nrun_core.packaging.pattern import pattern_files
+
+SETTING = gitrepo.SETTING
+
+
+def base_dir(cfg: dict[str, Any], source_dir: Path) -> Path:
+    """``base_dir`` resolved against the launch directory; it must exist."""
+    base = (source_dir / Path(cfg["base_dir"]).expanduser()).resolve()
+    if not base.is_dir():
+        raise PackagingError(f"{SETTING}.base_dir={cfg['base_dir']!r}: {base} is not a directory (relative paths start at {source_dir})")
+    return base
+
+
+def pack_workdir(cfg: dict[str, Any], source_dir: Path) -> tuple[str, dict[str, Any], str]:
+    base = base_dir(cfg, source_dir)
+    files = workdir_files(base)
+    if not files:
+        raise PackagingError(f"{SETTING}.base_dir={cfg['base_dir']!r}: no files to pack under {base} (all ignored by .gitignore?)")
+    packed = fstree.pack_files(files, store.key("stat", str(base)), SETTING, "add them to .gitignore")
+    commit, changes = _provenance(base)
+    workdir = caller_position(source_dir, base)
+    manifest = build(
+        cfg=cfg, source_dir=source_dir, root=base, commit=commit, dirty=bool(changes), dirty_files=changes,
+        left_out=[], files=file_rows(packed.entries), digest=packed.digest, workdir=workdir, info=packed.info,
+        reused=packed.reused,
+    )
+    return packed.digest, manifest, workdir
+
+
+def pack_pattern(cfg: dict[str, Any], source_dir: Path) -> tuple[str, dict[str, Any], str]:
+    base = base_dir(cfg, source_dir)
+    files = pattern_files(base, cfg["include"], cfg["exclude"])
+    if not files:
+        raise PackagingError(
+            f"{SETTING}.include={cfg['include']}: no file under {base} matches (exclude={cfg['exclude']}); "
+            "globs use .gitignore syntax relative to base_dir, e.g. ['*.py', 'configs/**']"
+        )
+    packed = fstree.pack_files(files, store.key("stat", str(base)), SETTING, f"add them to {SETTING}.exclude")
+    workdir = caller_position(source_dir, base)
+    manifest = build(
+        cfg=cfg, source_dir=source_dir, root=base, commit=None, dirty=False, dirty_files=[], left_out=[],
+        files=file_rows(packed.entries), digest=packed.digest, workdir=workdir, info=packed.info,
+        reused=packed.reused,
+    )
+    return packed.digest, manifest, workdir
+
+
+def _provenance(base: Path) -> tuple[str | None, list[str]]:
+    """HEAD and the uncommitted paths under ``base`` when it lies in a git work tree (best effort)."""
+    top, gitdir = find_repo(base)
+    if gitdir is None:
+        return None, []
+    try:
+        head = gitrepo.git(["rev-parse", "--verify", "--quiet", "HEAD"], top)
+        if head.returncode != 0:
+            return None, []
+        rel = base.relative_to(top).as_posix()
+        return head.stdout.decode().strip(), gitrepo.status(top, "" if rel == "." else rel, True)
+    except (PackagingError, OSError, ValueError):
+        return None, []

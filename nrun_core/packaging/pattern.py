@@ -1,0 +1,43 @@
+"""Select files under a base directory by include/exclude globs, for code outside git.
+
+Globs use gitignore syntax through pathspec (``*.py`` matches at any depth, ``src/**`` everything
+under src, ``/x`` only at the base, ``dir/`` a directory and its contents, ``!`` negates an earlier
+glob of the same list). A file is packed when the include list matches it and the exclude list
+does not; excluded directories are not entered. ``.git`` entries are never packed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pathspec import PathSpec
+
+from nrun_core.errors import PackagingError
+from nrun_core.packaging.fstree import FsFile
+
+
+def pattern_files(base: Path, include: list[str], exclude: list[str]) -> list[FsFile]:
+    """Files and symlinks under ``base`` selected by the globs; paths relative to base."""
+    inc = PathSpec.from_lines("gitignore", include)
+    exc = PathSpec.from_lines("gitignore", exclude)
+    files: list[FsFile] = []
+    stack: list[tuple[str, str]] = [(str(base), "")]
+    while stack:
+        abs_dir, rel_dir = stack.pop()
+        try:
+            it = os.scandir(abs_dir)
+        except OSError as e:
+            raise PackagingError(f"cannot list {abs_dir}: {e.strerror}; fix its permissions or exclude it") from e
+        with it:
+            for entry in it:
+                if entry.name == ".git":
+                    continue
+                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    if not exc.match_file(rel + "/"):
+                        stack.append((entry.path, rel))
+                elif entry.is_file(follow_symlinks=False) or entry.is_symlink():
+                    if inc.match_file(rel) and not exc.match_file(rel):
+                        files.append(FsFile(rel, entry.path, entry.stat(follow_symlinks=False)))
+    return files
