@@ -237,3 +237,55 @@ def _wait_for(cond, timeout: float = 60, step: float = 0.2) -> None:
             pass
         time.sleep(step)
     raise AssertionError("condition not met in time")
+
+
+def _git(cwd, *args):
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@e"}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
+
+
+def _repo_with_app(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / "src" / "app.py").write_text(
+        "import hydra, pathlib, time\n"
+        "@hydra.main(version_base=None, config_path=None, config_name=None)\n"
+        "def main(cfg):\n"
+        "    time.sleep(cfg.get('wait', 0))\n"
+        "    return pathlib.Path('version.txt').read_text().strip()\n"
+        "main()\n")
+    (repo / "src" / "version.txt").write_text("v1\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "v1")
+    return repo
+
+
+def test_git_snapshot_keeps_running_points_on_the_launched_code(home, tmp_path):
+    repo = _repo_with_app(tmp_path)
+    launcher = subprocess.Popen(
+        [PYTHON, "app.py", "-m", LOCAL, "nrun/packager=git", "+x=1,2", "+wait=3",
+         f"hydra.sweep.dir={tmp_path}/multirun", "hydra.launcher.progress=lines"],
+        cwd=repo / "src", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: nrun("list").stdout.count("\n") >= 2 and "RUNNING" in states().values())
+    (repo / "src" / "version.txt").write_text("v2 edited during the sweep\n")
+    out, err = launcher.communicate(timeout=120)
+    assert launcher.returncode == 0, err
+    points = status_json()["points"]
+    assert [p["value_repr"] for p in points] == ["'v1'", "'v1'"]      # ran from the snapshot
+    show = nrun("show", "last").stdout
+    commit = _git(repo, "rev-parse", "HEAD").strip()
+    assert f"commit={commit}" in show and "dirty=False" in show and "packager=git" in show
+
+
+def test_dirty_tree_is_refused_before_anything_runs(home, tmp_path):
+    repo = _repo_with_app(tmp_path)
+    (repo / "src" / "version.txt").write_text("uncommitted\n")
+    proc = subprocess.run([PYTHON, "app.py", "-m", LOCAL, "nrun/packager=git", "+x=1,2",
+                           f"hydra.sweep.dir={tmp_path}/multirun"], cwd=repo / "src",
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "src/version.txt" in proc.stderr and "on_dirty" in proc.stderr
+    assert "Traceback" not in proc.stderr                              # a message, not a stack
+    assert nrun("list").stdout.count("\n") <= 1

@@ -23,7 +23,13 @@ from hydra.plugins.search_path_plugin import SearchPathPlugin
 # hydra/launcher option → schema dataclass in nrun_core.conf; each executor adds its line.
 LAUNCHERS: Dict[str, str] = {
     "nrun_local": "LocalConf",
+    "nrun_slurm": "SlurmConf",
+    "nrun_docker": "DockerConf",
 }
+
+# Packager chosen by `hydra/launcher=<name>` unless `nrun/packager=...` is given: executors whose
+# points cannot see this tree ship the code (passthrough for the rest).
+DEFAULT_PACKAGER: Dict[str, str] = {"nrun_docker": "workdir"}
 
 
 class _LazyNode:
@@ -52,7 +58,8 @@ def _entry(schema: str) -> Any:
     """
     from omegaconf import OmegaConf
 
-    return OmegaConf.create({"defaults": [{"/nrun/schema": schema}, {"/nrun/packager": "passthrough"},
+    packager = DEFAULT_PACKAGER.get(schema, "passthrough")
+    return OmegaConf.create({"defaults": [{"/nrun/schema": schema}, {"/nrun/packager": packager},
                                           {"/nrun/launcher": "direct"}, "_self_"]})
 
 
@@ -100,8 +107,30 @@ class _NrunLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
         assert self._sweep is not None, "setup() was not called"
-        return self._sweep.launch(job_overrides, initial_job_idx)
+        from nrun_core.errors import NrunError
+
+        try:
+            return self._sweep.launch(job_overrides, initial_job_idx)
+        except NrunError as exc:  # our own errors already say what to fix: no traceback
+            import sys
+
+            print(f"nrun: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
 
 
 class NrunLocalLauncher(_NrunLauncher):
     executor = "local"
+
+
+class NrunSlurmLauncher(_NrunLauncher):
+    executor = "slurm"
+
+    def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
+        from nrun_core.executors.slurm_sweep import SlurmSweep  # hands composed configs over
+
+        self._sweep = SlurmSweep(self.executor, self.options, hydra_context=hydra_context,
+                                 task_function=task_function, config=config)
+
+
+class NrunDockerLauncher(_NrunLauncher):
+    executor = "docker"
