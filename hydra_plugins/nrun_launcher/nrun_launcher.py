@@ -23,13 +23,7 @@ from hydra.plugins.search_path_plugin import SearchPathPlugin
 # hydra/launcher option → schema dataclass in nrun_core.conf; each executor adds its line.
 LAUNCHERS: Dict[str, str] = {
     "nrun_local": "LocalConf",
-    "nrun_slurm": "SlurmConf",
-    "nrun_docker": "DockerConf",
 }
-
-# Packager chosen by `hydra/launcher=<name>` unless `nrun/packager=...` is given: executors whose
-# points cannot see this tree ship the code (passthrough for the rest).
-DEFAULT_PACKAGER: Dict[str, str] = {"nrun_docker": "workdir"}
 
 
 class _LazyNode:
@@ -58,8 +52,7 @@ def _entry(schema: str) -> Any:
     """
     from omegaconf import OmegaConf
 
-    packager = DEFAULT_PACKAGER.get(schema, "passthrough")
-    return OmegaConf.create({"defaults": [{"/nrun/schema": schema}, {"/nrun/packager": packager},
+    return OmegaConf.create({"defaults": [{"/nrun/schema": schema}, {"/nrun/packager": "passthrough"},
                                           {"/nrun/launcher": "direct"}, "_self_"]})
 
 
@@ -120,17 +113,3 @@ class _NrunLauncher(Launcher):
 
 class NrunLocalLauncher(_NrunLauncher):
     executor = "local"
-
-
-class NrunSlurmLauncher(_NrunLauncher):
-    executor = "slurm"
-
-    def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
-        from nrun_core.executors.slurm_sweep import SlurmSweep  # hands composed configs over
-
-        self._sweep = SlurmSweep(self.executor, self.options, hydra_context=hydra_context,
-                                 task_function=task_function, config=config)
-
-
-class NrunDockerLauncher(_NrunLauncher):
-    executor = "docker"
