@@ -289,3 +289,18 @@ def test_dirty_tree_is_refused_before_anything_runs(home, tmp_path):
     assert "src/version.txt" in proc.stderr and "on_dirty" in proc.stderr
     assert "Traceback" not in proc.stderr                              # a message, not a stack
     assert nrun("list").stdout.count("\n") <= 1
+
+
+def test_logs_follow_streams_until_the_point_ends(home, tmp_path):
+    run_app("sweep_app.py", LOCAL, "action=tick", "seconds=3", "x=1", "hydra.launcher.wait=false",
+            cwd=tmp_path, check=True)
+    _wait_for(lambda: states()[0] == "RUNNING")
+    follow = subprocess.Popen([*__import__("conftest").NRUN, "logs", "last", "0", "--follow"],
+                              stdout=subprocess.PIPE, text=True)
+    first = follow.stdout.readline()
+    assert first.startswith("point x=1") or first.startswith("tick")
+    assert states()[0] == "RUNNING"                  # the first line came while the point still ran
+    rest = follow.communicate(timeout=60)[0]
+    assert follow.returncode == 0
+    assert "tick 14" in first + rest                 # ... and the last one once it had ended
+    assert states()[0] == "COMPLETED"

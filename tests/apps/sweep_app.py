@@ -19,6 +19,10 @@ def main(cfg: DictConfig):
         os._exit(3)
     if cfg.action == "segv":
         os.kill(os.getpid(), signal.SIGSEGV)
+    if cfg.action == "tick":  # a line every 0.2 s: something to follow live
+        for i in range(int(cfg.seconds * 5)):
+            print(f"tick {i}", flush=True)
+            time.sleep(0.2)
     if cfg.action == "sleep":
         time.sleep(cfg.seconds)
     if cfg.action == "burn":
