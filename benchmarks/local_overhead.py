@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-APP = HERE / "bench_app.py"
+APP = HERE / "apps" / "bench_app.py"  # not beside benchmarks/packaging.py, which shadows the library
 PY = sys.executable
 
 LAUNCHERS = {
@@ -108,7 +108,7 @@ def main() -> None:
         cpus = {"on": [], "off": []}
         for _ in range(args.repeat):
             for mode in ("off", "on"):
-                w, c, _ = measure([PY, str(HERE / "with_plugins.py"), mode, str(APP), "+x=1"], work)
+                w, c, _ = measure([PY, str(HERE / "apps" / "with_plugins.py"), mode, str(APP), "+x=1"], work)
                 walls[mode].append(w)
                 cpus[mode].append(c)
         for mode in ("off", "on"):
@@ -123,6 +123,27 @@ def main() -> None:
         imports = [float(subprocess.run([PY, "-c", code], capture_output=True, text=True).stdout)
                    for _ in range(args.repeat)]
         print(f"  import of nrun's plugin module alone: median {statistics.median(imports):.2f} ms")
+        instructions(work, statistics.median(cpus["off"]))
+
+
+def instructions(work: str, off_cpu_s: float) -> None:
+    """The same comparison in instructions (valgrind): repeatable whatever else the machine does."""
+    import re
+    import shutil
+
+    if not shutil.which("valgrind"):
+        print("  (install valgrind for an instruction count, which load does not blur)")
+        return
+    counts = {}
+    for mode in ("off", "on"):
+        out = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/cg.{mode}",
+                              PY, str(HERE / "apps" / "with_plugins.py"), mode, str(APP), "+x=1",
+                              f"hydra.run.dir={work}/cg"], capture_output=True, text=True).stderr
+        counts[mode] = int(re.search(r"Collected : (\d+)", out).group(1))
+    added = counts["on"] - counts["off"]
+    per_ms = counts["off"] / (off_cpu_s * 1000)
+    print(f"  instructions: hidden {counts['off']:,}  visible {counts['on']:,}  added {added:+,} "
+          f"({100 * added / counts['off']:+.2f}%, about {added / per_ms:+.1f} ms at this machine's rate)")
 
 
 if __name__ == "__main__":

@@ -27,13 +27,19 @@ LAUNCHERS: Dict[str, str] = {
 
 
 class _LazyNode:
-    """Stands in for a stored config node until Hydra copies it for use."""
+    """Stands in for a stored config node until Hydra copies it for use.
+
+    Two kinds of deep copy reach it: ``ConfigStore.load`` copies the node itself (a fresh memo:
+    build the real config), and ``CachingConfigRepository`` copies the whole store at every
+    composition of every Hydra app (a memo already holding the enclosing containers: stay lazy,
+    the stand-in is immutable).
+    """
 
     def __init__(self, build: Callable[[], Any]) -> None:
         self._build = build
 
     def __deepcopy__(self, memo: Dict[int, Any]) -> Any:
-        return self._build()
+        return self._build() if not memo else self
 
 
 def _schema(class_name: str) -> Any:
