@@ -304,3 +304,10 @@ def test_logs_follow_streams_until_the_point_ends(home, tmp_path):
     assert follow.returncode == 0
     assert "tick 14" in first + rest                 # ... and the last one once it had ended
     assert states()[0] == "COMPLETED"
+
+
+def test_plugin_discovery_imports_none_of_nrun_core(tmp_path):
+    """Hydra imports nrun's plugin at every start of every app: it must stay registration only."""
+    out = subprocess.run([PYTHON, str(APPS / "sweep_app.py"), "action=modules", f"hydra.run.dir={tmp_path}"],
+                         capture_output=True, text=True, cwd=tmp_path, check=True).stdout
+    assert "nrun modules: []" in out

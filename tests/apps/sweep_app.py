@@ -29,6 +29,8 @@ def main(cfg: DictConfig):
         end = time.process_time() + cfg.seconds
         while time.process_time() < end:
             pass
+    if cfg.action == "modules":  # what Hydra's start imported of nrun
+        print("nrun modules:", sorted(m for m in sys.modules if m.startswith("nrun_core")))
     if cfg.action == "env":  # secrets come back as a digest: the test checks they arrived, not their text
         return {k: _digest(os.environ.get(k)) if "TOKEN" in k else os.environ.get(k) for k in cfg.env_names}
     if cfg.action == "cwd":
