@@ -55,3 +55,49 @@ class LocalConf(NrunConf):
     # and the passthrough packager); command: run `python app.py <overrides>` as a subprocess;
     # auto: fork when possible, command otherwise (torchrun, a packaged snapshot).
     mode: str = "auto"
+
+
+@dataclass
+class DockerConf(NrunConf):
+    """`hydra/launcher=nrun_docker`: each point in its own container(s) on a Docker engine."""
+
+    _target_: str = f"{PLUGIN}.NrunDockerLauncher"
+    # Image to run (required), e.g. "python:3.11" or "nvcr.io/nvidia/pytorch:24.05-py3".
+    image: Optional[str] = None
+    # Python inside the image; it replaces the launcher's own interpreter in the point's command.
+    python: str = "python3"
+    # Words put before the point's command, e.g. ["nsys", "profile", "-o", "prof"].
+    command_prefix: List[str] = field(default_factory=list)
+    # GPUs per container: null = gpus_per_node, -1 = all, N = N (needs a GPU runtime).
+    num_gpus: Optional[int] = None
+    # Raw device requests, each {driver, count, device_ids, capabilities, options}.
+    device_requests: List[Dict[str, Any]] = field(default_factory=list)
+    # Container runtime (e.g. "nvidia"), ipc mode ("host"), /dev/shm size ("16g").
+    runtime: Optional[str] = None
+    ipc_mode: Optional[str] = None
+    shm_size: Optional[str] = None
+    # ulimits by name: N (soft = hard) or "SOFT:HARD", e.g. {memlock: -1, stack: 67108864}.
+    ulimits: Dict[str, Any] = field(default_factory=dict)
+    # Extra mounts in `docker run -v` syntax: "HOST:CONTAINER[:ro]" (relative HOST paths start at
+    # the launch directory; a name without a slash is a named volume).
+    volumes: List[str] = field(default_factory=list)
+    # Network to join; null = the default bridge for one node, a network of its own (created and
+    # removed by nrun) for each multi-node point.
+    network: Optional[str] = None
+    # "UID:GID" or a name; null = the caller's uid:gid when the caller is not root (files in the
+    # job dir stay the caller's), the image's user otherwise.
+    user: Optional[str] = None
+    # Where the command starts in the container; null = the code's working directory.
+    working_dir: Optional[str] = None
+    # Memory limit (e.g. "4g"; swap is not added: a point over it is killed and reported OOM)
+    # and CPUs (e.g. 1.5); null cpus = cpus_per_task, else no limit.
+    mem_limit: Optional[str] = None
+    cpus: Optional[float] = None
+    # Image pull: missing (pull only if absent), always, never.
+    pull: str = "missing"
+    # Container removal once its exit code and OOM state are read: always, on_success, never.
+    remove: str = "always"
+    # Extra labels on every container and network (nrun adds nrun.sweep / nrun.point / nrun.node).
+    labels: Dict[str, str] = field(default_factory=dict)
+    # Engine address; null = $DOCKER_HOST, else the local default socket.
+    docker_host: Optional[str] = None

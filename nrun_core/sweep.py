@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from nrun_core import options as opts
 from nrun_core import wrappers
 from nrun_core.command import AppRef, point_command
-from nrun_core.conf import LocalConf
+from nrun_core.conf import DockerConf, LocalConf
 from nrun_core.errors import ConfigError, NrunError, PointFailed
 from nrun_core.executors import executor_class
 from nrun_core.progress import Row, make_view, QuietView
@@ -35,7 +35,7 @@ from nrun_core import procs
 
 log = logging.getLogger(__name__)
 
-SCHEMAS: Dict[str, Any] = {"local": LocalConf}
+SCHEMAS: Dict[str, Any] = {"local": LocalConf, "docker": DockerConf}
 
 
 class Sweep:

@@ -23,7 +23,12 @@ from hydra.plugins.search_path_plugin import SearchPathPlugin
 # hydra/launcher option → schema dataclass in nrun_core.conf; each executor adds its line.
 LAUNCHERS: Dict[str, str] = {
     "nrun_local": "LocalConf",
+    "nrun_docker": "DockerConf",
 }
+
+# Packager chosen by `hydra/launcher=<name>` unless `nrun/packager=...` is given: executors whose
+# points cannot see this tree ship the code (passthrough for the rest).
+DEFAULT_PACKAGER: Dict[str, str] = {"nrun_docker": "workdir"}
 
 
 class _LazyNode:
@@ -58,7 +63,8 @@ def _entry(schema: str) -> Any:
     """
     from omegaconf import OmegaConf
 
-    return OmegaConf.create({"defaults": [{"/nrun/schema": schema}, {"/nrun/packager": "passthrough"},
+    packager = DEFAULT_PACKAGER.get(schema, "passthrough")
+    return OmegaConf.create({"defaults": [{"/nrun/schema": schema}, {"/nrun/packager": packager},
                                           {"/nrun/launcher": "direct"}, "_self_"]})
 
 
@@ -119,3 +125,7 @@ class _NrunLauncher(Launcher):
 
 class NrunLocalLauncher(_NrunLauncher):
     executor = "local"
+
+
+class NrunDockerLauncher(_NrunLauncher):
+    executor = "docker"

@@ -10,6 +10,7 @@ from typing import Any
 
 EXECUTORS = {
     "local": "nrun_core.executors.local:LocalExecutor",
+    "docker": "nrun_core.executors.docker:DockerExecutor",
 }
 
 
