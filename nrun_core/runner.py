@@ -92,6 +92,9 @@ class Runner:
                                     attempts=row.attempt, detail=f"started as {event.backend_id}")
         elif isinstance(event, Ended):
             spec = self.specs[event.idx]
+            if row.state != RUNNING:  # ended without ever starting (e.g. could not be spawned)
+                self._attempts[event.idx] += 1
+                row.attempt = self._attempts[event.idx]
             outcome = settle(spec, event)
             row.ended = event.time
             if outcome.state in (FAILED, TIMEOUT) and self._attempts[event.idx] <= self.retries:
