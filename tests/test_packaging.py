@@ -457,3 +457,26 @@ def test_hybrid_merge_puts_parts_at_the_root_and_refuses_conflicts(tmp_path: Pat
     bad = {**ok, "parts": {**ok["parts"], "extra": {"name": "pattern", "base_dir": "../extra"}}}
     with pytest.raises(PackagingError, match=r"code and extra both contain 'conf/a.yaml'.*merge=false"):
         package(bad, source_dir=repo)
+
+
+def test_workdir_leaves_out_hydra_outputs_and_nrun_home(tmp_path, monkeypatch):
+    """Sweeps launched again from the same directory reuse one artifact: earlier outputs stay out."""
+    from nrun_core.packaging import package
+
+    src = tmp_path / "proj"
+    (src / "multirun" / "2026-01-01" / "0").mkdir(parents=True)
+    (src / "multirun" / "2026-01-01" / "0" / "out.txt").write_text("old output")
+    (src / "outputs").mkdir()
+    (src / "outputs" / "o.txt").write_text("old run")
+    (src / "state").mkdir()
+    (src / "state" / "nrun.db").write_text("store")
+    (src / "data").mkdir()
+    (src / "data" / "big.ckpt").write_text("weights")
+    (src / "train.py").write_text("print('hi')\n")
+    monkeypatch.setenv("NRUN_HOME", str(src / "state"))
+    first = package({"name": "workdir", "exclude": ["/outputs/", "/multirun/", "*.ckpt"]}, source_dir=src)
+    assert [f[0] for f in first.manifest["files"]] == ["train.py"]
+    (src / "multirun" / "2026-01-02").mkdir()
+    (src / "multirun" / "2026-01-02" / "new.txt").write_text("another sweep's output")
+    again = package({"name": "workdir", "exclude": ["/outputs/", "/multirun/", "*.ckpt"]}, source_dir=src)
+    assert again.digest == first.digest

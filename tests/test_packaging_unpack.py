@@ -150,3 +150,17 @@ def test_unpack_module_imports_only_the_standard_library() -> None:
         elif isinstance(node, ast.ImportFrom):
             names.add((node.module or "").split(".")[0])
     assert names - {"__future__"} <= set(sys.stdlib_module_names), names
+
+
+def test_unpacked_root_is_readable_by_other_users(tmp_path, monkeypatch):
+    """Containers may run the code as another uid (nrun_docker's user=...): the root must be 0755."""
+    import stat
+
+    from nrun_core.packaging import package, unpack
+
+    monkeypatch.setenv("NRUN_HOME", str(tmp_path / "home"))
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.py").write_text("x = 1\n")
+    art = package({"name": "pattern", "include": ["*.py"]}, source_dir=tmp_path / "src")
+    dest = unpack(art.path, tmp_path / "snap")
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o755

@@ -22,7 +22,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "git": {"name": "git", "ref": "HEAD", "subpath": "", "submodules": True, "on_dirty": "error"},
     "pattern": {"name": "pattern", "base_dir": ".", "include": ["**"], "exclude": []},
     "hybrid": {"name": "hybrid", "parts": {}, "merge": False, "workdir_from": None},
-    "workdir": {"name": "workdir", "base_dir": "."},
+    "workdir": {"name": "workdir", "base_dir": ".", "exclude": ["/outputs/", "/multirun/"]},
 }
 NAMES = tuple(DEFAULTS)
 
@@ -88,6 +88,11 @@ def _check_pattern(c: dict[str, Any], where: str) -> None:
 
 def _check_workdir(c: dict[str, Any], where: str) -> None:
     c["base_dir"] = _string(c, "base_dir", where) or "."
+    exclude = c.get("exclude") or []
+    if not isinstance(exclude, list) or not all(isinstance(x, str) for x in exclude):
+        raise ConfigError(f"{where}.exclude={exclude!r}: must be a list of .gitignore-style patterns, "
+                          "e.g. ['/outputs/', '*.ckpt']")
+    c["exclude"] = list(exclude)
 
 
 def _check_hybrid(c: dict[str, Any], where: str) -> None:

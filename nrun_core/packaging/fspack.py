@@ -24,7 +24,7 @@ def base_dir(cfg: dict[str, Any], source_dir: Path) -> Path:
 
 def pack_workdir(cfg: dict[str, Any], source_dir: Path) -> tuple[str, dict[str, Any], str]:
     base = base_dir(cfg, source_dir)
-    files = workdir_files(base)
+    files = _without(workdir_files(base), base, cfg.get("exclude") or [])
     if not files:
         raise PackagingError(f"{SETTING}.base_dir={cfg['base_dir']!r}: no files to pack under {base} (all ignored by .gitignore?)")
     packed = fstree.pack_files(files, store.key("stat", str(base)), SETTING, "add them to .gitignore")
@@ -54,6 +54,27 @@ def pack_pattern(cfg: dict[str, Any], source_dir: Path) -> tuple[str, dict[str, 
         reused=packed.reused,
     )
     return packed.digest, manifest, workdir
+
+
+def _without(files: list[fstree.FsFile], base: Path, exclude: list[str]) -> list[fstree.FsFile]:
+    """Drop ``exclude`` matches (on top of .gitignore) and nrun's own state dir if it lies inside.
+
+    By default ``exclude`` holds Hydra's output roots: without it every sweep would pack the
+    outputs of the ones before, and no two artifacts would ever be the same.
+    """
+    from pathspec import GitIgnoreSpec
+
+    from nrun_core.paths import nrun_home
+
+    patterns = list(exclude)
+    try:
+        patterns.append("/" + nrun_home().resolve().relative_to(base).as_posix() + "/")
+    except ValueError:
+        pass
+    if not patterns:
+        return files
+    spec = GitIgnoreSpec.from_lines(patterns)
+    return [f for f in files if not spec.match_file(f.path)]
 
 
 def _provenance(base: Path) -> tuple[str | None, list[str]]:

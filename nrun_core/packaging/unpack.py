@@ -82,6 +82,7 @@ def unpack(archive: Path, dest: Path) -> Path:
     try:
         _extract_all(archive, tmp)
         (tmp / MARKER).write_text(json.dumps({"identity": identity, "archive": str(archive)}))
+        os.chmod(tmp, 0o755)  # mkdtemp made it 0700: the tree must be readable by whoever runs the code
         _move_into_place(tmp, dest, identity)
     finally:
         if tmp.exists():
