@@ -39,8 +39,8 @@ def settle(spec: JobSpec, ended: Ended) -> Outcome:
     """What a point's end means, from how its process ended and the result file it left."""
     if ended.reason == "cancelled":
         return Outcome(CANCELLED, error=ended.detail or "cancelled", exit_code=ended.exit_code)
-    if ended.reason == "timeout":
-        return Outcome(TIMEOUT, error=f"exceeded hydra.launcher.timeout_s={spec.timeout_s}",
+    if ended.reason == "timeout":  # the backend's own words (e.g. Slurm's time limit) when it has them
+        return Outcome(TIMEOUT, error=ended.detail or f"exceeded hydra.launcher.timeout_s={spec.timeout_s}",
                        exit_code=ended.exit_code)
     if ended.reason == "lost":
         return Outcome(LOST, error=ended.detail or "lost", exit_code=ended.exit_code)
@@ -63,10 +63,14 @@ class Runner:
         self.outcomes: Dict[int, Outcome] = {}
         self._attempts: Dict[int, int] = {i: 0 for i in self.specs}
 
-    def run(self) -> Dict[int, Outcome]:
+    def submit(self) -> None:
         for spec in self.specs.values():
             _clear_result(spec)
         self.executor.start(list(self.specs.values()))
+
+    def run(self, submitted: bool = False) -> Dict[int, Outcome]:
+        if not submitted:
+            self.submit()
         next_check = time.monotonic() + CANCEL_CHECK_S
         try:
             while self.executor.busy():

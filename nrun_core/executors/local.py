@@ -252,8 +252,9 @@ class LocalExecutor(Executor):
             if proc.reason:  # the group may hold survivors (torchrun workers): end them
                 procs.kill_tagged(proc.token)
             code = os.waitstatus_to_exitcode(status)
+            detail = "" if proc.reason == "timeout" else _describe_exit(code)
             events.append(Ended(idx=proc.spec.index, reason=proc.reason or "exited", exit_code=code,
-                                detail=_describe_exit(code)))
+                                detail=detail))
 
     def _enforce_deadlines(self) -> None:
         now = time.monotonic()
