@@ -58,6 +58,99 @@ class LocalConf(NrunConf):
 
 
 @dataclass
+class SlurmSshConf:
+    """Submit from a machine that is not the login node: ship the code over SSH, run sbatch there."""
+
+    # Login node; null = submit with the local sbatch (the usual case on the login node itself).
+    host: Optional[str] = None
+    port: int = 22
+    user: Optional[str] = None
+    # Private key file (default: the SSH agent and ~/.ssh/id_*). Passphrases are never stored.
+    key_file: Optional[str] = None
+    # Host keys are checked strictly against this file (default ~/.ssh/known_hosts); an unknown
+    # or changed host key stops the submission.
+    known_hosts: Optional[str] = None
+    # Directory on the cluster's shared filesystem for code, job dirs and submitit files.
+    remote_dir: str = "nrun"
+    # Seconds to wait for the connection.
+    connect_timeout_s: float = 15.0
+    # Environment of the commands nrun runs on the login node (e.g. SLURM_CONF, PATH).
+    env: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class SlurmConf(NrunConf):
+    """`hydra/launcher=nrun_slurm`: the sweep as one Slurm job array, submitted through submitit.
+
+    Array task i runs point i; hydra.job.id is its Slurm id (<array>_<i>). secret_env values
+    reach the points through the environment sbatch exports from the submitting process (over
+    SSH: through the encrypted stdin of the remote submit): nrun writes them nowhere (not in the
+    batch script, the submitit pickles or the store); Slurm itself keeps each job's environment
+    in its state directory, as for any sbatch.
+    """
+
+    _target_: str = f"{PLUGIN}.NrunSlurmLauncher"
+    # inprocess: each array task runs the task function in submitit's worker with the config
+    # composed here (one Python per point, no second composition: the cheapest); command: each
+    # task runs `python app.py <overrides>`; auto: inprocess for one-process points
+    # (direct launcher, one node, one task, no container, no SSH), command otherwise.
+    mode: str = "auto"
+    # sbatch options; null leaves each to the cluster's defaults.
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    # Time limit of each point: minutes, or "[D-]HH:MM[:SS]"; null = timeout_s rounded up to
+    # minutes, else 60 minutes.
+    time: Any = None
+    # Tasks per node (direct launcher: each task runs the command with RANK/WORLD_SIZE/MASTER_ADDR
+    # set from Slurm); with torchrun keep 1 (torchrun starts one worker per GPU itself).
+    ntasks_per_node: int = 1
+    gres: Optional[str] = None
+    # Memory per node, e.g. "16G", "500M"; null = the cluster's default.
+    mem: Optional[str] = None
+    constraint: Optional[str] = None
+    exclude: Optional[str] = None
+    nodelist: Optional[str] = None
+    # true, or one of "user", "mcs", "topo" (sbatch --exclusive[=...]).
+    exclusive: Any = None
+    # Array tasks running at once (sbatch --array=...%N); null = max_parallel, else all.
+    array_parallelism: Optional[int] = None
+    job_name: Optional[str] = None
+    comment: Optional[str] = None
+    # Any other sbatch option, e.g. {"mail-type": "END", "reservation": "mine"}.
+    additional_parameters: Dict[str, Any] = field(default_factory=dict)
+    # Extra srun arguments (multi-node and container points run through srun).
+    srun_args: List[str] = field(default_factory=list)
+    # Shell lines run in the sbatch script before the point (module load ..., source env).
+    # They are shell by design: nrun does not quote them.
+    setup: List[str] = field(default_factory=list)
+    # Run the point through srun (a job step); null = only when needed (several nodes or tasks,
+    # a container). Without srun a single-node point starts faster and costs less.
+    use_srun: Optional[bool] = None
+    # Python on the compute nodes (with hydra-nrun and submitit); null = this Python (shared
+    # filesystem), "python" in a container, "python3" over SSH.
+    python: Optional[str] = None
+    # Container (pyxis/enroot): image, and mounts "src:dst[:flags]". The sweep dir and the code
+    # dir are mounted at the same paths automatically.
+    container_image: Optional[str] = None
+    container_mounts: List[str] = field(default_factory=list)
+    container_workdir: Optional[str] = None
+    # Wait for other jobs first: "[afterok|afterany|afternotok|after:]REF", REF a Slurm job id
+    # (123, 123_4), an nrun sweep (id, id prefix, name, "last") or one of its points ("SWEEP/3").
+    dependencies: List[str] = field(default_factory=list)
+    # submitit: times a timed-out point is checkpointed and requeued (it restarts; read
+    # SLURM_RESTART_COUNT to resume), and how long before the limit it is warned (USR2).
+    max_num_timeout: int = 0
+    signal_delay_s: int = 90
+    # Check the request with `sbatch --test-only` before submitting (unknown partition, too many
+    # nodes, time over the limit...).
+    test_only: bool = True
+    # submitit's files (pickles, worker logs); null = <sweep dir>/.submitit.
+    submitit_folder: Optional[str] = None
+    ssh: SlurmSshConf = field(default_factory=SlurmSshConf)
+
+
+@dataclass
 class DockerConf(NrunConf):
     """`hydra/launcher=nrun_docker`: each point in its own container(s) on a Docker engine."""
 

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from nrun_core import options as opts
 from nrun_core import wrappers
 from nrun_core.command import AppRef, point_command
-from nrun_core.conf import DockerConf, LocalConf
+from nrun_core.conf import DockerConf, LocalConf, SlurmConf
 from nrun_core.errors import ConfigError, NrunError, PointFailed
 from nrun_core.executors import executor_class
 from nrun_core.progress import Row, make_view, QuietView
@@ -35,7 +35,7 @@ from nrun_core import procs
 
 log = logging.getLogger(__name__)
 
-SCHEMAS: Dict[str, Any] = {"local": LocalConf, "docker": DockerConf}
+SCHEMAS: Dict[str, Any] = {"local": LocalConf, "slurm": SlurmConf, "docker": DockerConf}
 
 
 class Sweep:
@@ -116,7 +116,8 @@ class Sweep:
 
     def _spec(self, idx: int, overrides: List[str], cfg: DictConfig, artifact: Any) -> JobSpec:
         o = self.options
-        HydraConfig.instance().set_config(cfg)
+        if _needs_hydra_resolver(cfg):  # costly (~10 ms): only when the dir names use ${hydra:...}
+            HydraConfig.instance().set_config(cfg)
         job_dir = os.path.abspath(os.path.join(str(cfg.hydra.sweep.dir), str(cfg.hydra.sweep.subdir)))
         app, workdir = AppRef.detect(), os.getcwd()
         if artifact is not None:
@@ -162,6 +163,8 @@ class Sweep:
                                   "use mode=auto or mode=command")
             fork = mode == "fork" or (mode == "auto" and can_fork)
             return cls(self.options, run_in_process=self._run_in_process if fork else None)
+        if getattr(cls, "wants_configs", False):  # runs points from the configs composed here
+            return cls(self.options, configs=self._configs)
         return cls(self.options)
 
     # -- running -------------------------------------------------------------------------
@@ -201,6 +204,10 @@ class Sweep:
         """Hand the points to a supervisor process that outlives the launcher (double fork)."""
         from nrun_core.paths import nrun_home
 
+        started = bool(getattr(executor, "start_before_detach", False))
+        if started:  # submit here: a refused request is the user's error, not a supervisor log line
+            Runner(self.store, self.sweep_id or "", executor, specs, rows, QuietView(self.sweep_id or "", rows),
+                   retries=self.options.get("retries", 0)).submit()
         log_file = nrun_home() / "supervisors" / f"{self.sweep_id}.log"
         log_file.parent.mkdir(parents=True, exist_ok=True)
         r, w = os.pipe()
@@ -230,7 +237,8 @@ class Sweep:
                 os.close(w)
                 from nrun_core.progress import LinesView
                 Runner(self._store, self.sweep_id or "", executor, specs, rows,
-                       LinesView(self.sweep_id or "", rows), retries=self.options.get("retries", 0)).run()
+                       LinesView(self.sweep_id or "", rows), retries=self.options.get("retries", 0)).run(
+                           submitted=started)
                 self._finish_sweep()
             except BaseException:
                 traceback.print_exc()
@@ -339,6 +347,11 @@ class Sweep:
             raise ConfigError(f"hydra.launcher.wait=false with the sweeper {target}: that sweeper reads "
                               "each batch's return values to choose the next, so it must wait; "
                               "set hydra.launcher.wait=true (or use the basic sweeper)")
+
+
+def _needs_hydra_resolver(cfg: DictConfig) -> bool:
+    raw = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)
+    return "${hydra:" in str(raw)
 
 
 def _failure_text(spec: JobSpec, outcome: Outcome) -> str:

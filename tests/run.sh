@@ -23,7 +23,7 @@ pip install -q --disable-pip-version-check -e ".[test,bench]" --config-settings 
 python -c 'import hydra_plugins.nrun_launcher, nrun_core.cli' || { echo "nrun did not install" >&2; exit 1; }
 
 require=torch
-for box in ${NRUN_SANDBOXES:-slurm docker}; do
+for box in ${NRUN_SANDBOXES:-slurm docker ssh}; do
     echo "--- nrun sandbox $box up"
     start=$(date +%s)
     eval "$(nrun sandbox "$box" up)"

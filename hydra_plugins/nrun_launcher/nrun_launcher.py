@@ -23,6 +23,7 @@ from hydra.plugins.search_path_plugin import SearchPathPlugin
 # hydra/launcher option → schema dataclass in nrun_core.conf; each executor adds its line.
 LAUNCHERS: Dict[str, str] = {
     "nrun_local": "LocalConf",
+    "nrun_slurm": "SlurmConf",
     "nrun_docker": "DockerConf",
 }
 
@@ -125,6 +126,10 @@ class _NrunLauncher(Launcher):
 
 class NrunLocalLauncher(_NrunLauncher):
     executor = "local"
+
+
+class NrunSlurmLauncher(_NrunLauncher):
+    executor = "slurm"
 
 
 class NrunDockerLauncher(_NrunLauncher):

@@ -10,6 +10,7 @@ from typing import Any
 
 EXECUTORS = {
     "local": "nrun_core.executors.local:LocalExecutor",
+    "slurm": "nrun_core.executors.slurm:SlurmExecutor",
     "docker": "nrun_core.executors.docker:DockerExecutor",
 }
 

@@ -19,6 +19,7 @@ from nrun_core.errors import ConfigError
 SANDBOXES = {
     "slurm": "nrun_core.sandbox.slurm",
     "docker": "nrun_core.sandbox.docker",
+    "ssh": "nrun_core.sandbox.ssh",
 }
 
 

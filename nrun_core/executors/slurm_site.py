@@ -1,0 +1,78 @@
+"""Where Slurm is reached from: this machine (the login node) or a login node over SSH.
+
+A site runs Slurm's client commands, submits a plan, and maps the points' files between the
+launcher and the cluster. On the login node every path is shared and nothing moves; the SSH site
+(``slurm_ssh``) ships the code, runs the commands remotely and copies results and logs back.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence
+
+from nrun_core.errors import BackendError
+from nrun_core.spec import JobSpec
+
+COMMAND_TIMEOUT_S = 60.0
+
+
+class Site(Protocol):
+    remote: bool
+
+    def run(self, argv: Sequence[str], *, input: Optional[str] = None,
+            timeout: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess: ...
+
+    def submit(self, plan: Any, secrets: Mapping[str, str]) -> List[str]: ...
+
+    def prepare(self, specs: Sequence[JobSpec], ship: bool = True) -> List[JobSpec]: ...
+
+    def collect(self, spec: JobSpec, final: bool) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class LocalSite:
+    """sbatch, squeue, sacct and scancel on this machine; the filesystem is the cluster's."""
+
+    remote = False
+
+    def run(self, argv: Sequence[str], *, input: Optional[str] = None,
+            timeout: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run(list(argv), input=input, capture_output=True, text=True, timeout=timeout)
+        except FileNotFoundError:
+            raise BackendError(f"{argv[0]} is not installed here: run the sweep on the cluster's login "
+                               "node, or submit over SSH with hydra.launcher.ssh.host=LOGIN_NODE") from None
+        except subprocess.TimeoutExpired:
+            return subprocess.CompletedProcess(list(argv), 124, "", f"no answer within {timeout:.0f} s")
+
+    def submit(self, plan: Any, secrets: Mapping[str, str]) -> List[str]:
+        from nrun_core.executors.slurm_submit import submit
+
+        # secret_env values are already in this process's environment (checked at launch), and
+        # sbatch exports it to the job: nothing to write down.
+        return submit(plan)
+
+    def prepare(self, specs: Sequence[JobSpec], ship: bool = True) -> List[JobSpec]:
+        return list(specs)
+
+    def collect(self, spec: JobSpec, final: bool) -> None:
+        """Results and logs are already where the launcher reads them."""
+
+    def close(self) -> None:
+        pass
+
+
+def site_for(conf: Mapping[str, Any]) -> Any:
+    """The local site, or an SSH site when hydra.launcher.ssh.host is set."""
+    ssh = conf.get("ssh") or {}
+    if ssh.get("host"):
+        from nrun_core.executors.slurm_ssh import SshSite
+
+        return SshSite(ssh, python=conf.get("python"))
+    return LocalSite()
+
+
+def secret_values(names: Sequence[str]) -> Dict[str, str]:
+    return {n: os.environ[n] for n in names if n in os.environ}

@@ -1,0 +1,332 @@
+"""nrun_slurm end to end on the real local Slurm cluster, run the way a user runs a sweep.
+
+Needs `nrun sandbox slurm up` (skips otherwise; fails under NRUN_REQUIRE=slurm). Every test uses a
+private NRUN_HOME and its own sweep dir; Slurm ids are matched per sweep, so other users of the
+cluster do not disturb the checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+
+from conftest import APPS, PYTHON, nrun, run_app, states, status_json
+from slurm_fixtures import slurm_cluster, slurm_env  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.slurm
+SLURM = "hydra/launcher=nrun_slurm"
+QUIET = "hydra.launcher.progress=lines"
+
+
+@pytest.fixture
+def launch(tmp_path):
+    """Start the app in the background like a user's terminal; Ctrl-C whatever is left at the end
+    (that cancels its Slurm jobs too), so a failed test leaves nothing running."""
+    started: List[subprocess.Popen] = []
+
+    def start(*args: str) -> subprocess.Popen:
+        proc = subprocess.Popen([PYTHON, str(APPS / "slurm_app.py"), "-m", SLURM, QUIET, *args,
+                                 f"hydra.sweep.dir={tmp_path}/multirun"], cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _backend_ids(ref: str = "last") -> Dict[int, str]:
+    return {p["idx"]: p["backend_id"] for p in status_json(ref)["points"]}
+
+
+def _queued(job_id: str) -> List[str]:
+    """Tasks of this Slurm job still pending, running or completing (what `squeue` shows)."""
+    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%i|%T"], capture_output=True, text=True)
+    return [ln for ln in out.stdout.splitlines() if ln.strip()]
+
+
+def _sacct_states(job_id: str) -> Dict[str, str]:
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", job_id],
+                         capture_output=True, text=True, check=True)
+    return dict(ln.split("|")[0:2] for ln in out.stdout.splitlines() if ln.strip())
+
+
+def _wait_for(cond, timeout: float = 60, step: float = 0.3):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = cond()
+            if last:
+                return last
+        except (AssertionError, KeyError, IndexError, OSError, json.JSONDecodeError):
+            pass
+        time.sleep(step)
+    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+
+
+def test_twenty_points_one_array_real_values(slurm_env, home, tmp_path):
+    record = tmp_path / "record.json"
+    xs = ",".join(str(i) for i in range(20))
+    proc = run_app("slurm_app.py", SLURM, QUIET, f"x={xs}", "hydra/sweeper=nrun_test_record",
+                   "hydra.sweeper.max_batch_size=20", cwd=tmp_path, check=True,
+                   env={"RECORD_FILE": str(record), "PYTHONPATH": str(APPS)})
+    seen = json.loads(record.read_text())
+    assert [r["value"]["square"] for r in seen] == [i * i for i in range(20)]
+    assert all(r["status"] == "COMPLETED" for r in seen)
+    ids = _backend_ids()
+    array = ids[0].split("_")[0]
+    assert ids == {i: f"{array}_{i}" for i in range(20)}          # one array, task i = point i
+    assert _wait_for(lambda: len(_sacct_states(array)) == 20 and set(_sacct_states(array).values())) == {"COMPLETED"}
+    assert "point x=7" in (tmp_path / "multirun" / "7" / "stdout.log").read_text()
+    assert "to-stderr" in (tmp_path / "multirun" / "7" / "stderr.log").read_text()
+    assert proc.returncode == 0
+
+
+@pytest.mark.parametrize("mode", ["inprocess", "command"])
+def test_job_id_is_the_slurm_id_and_app_values_come_back_as_themselves(slurm_env, home, tmp_path, mode):
+    run_app("slurm_app.py", SLURM, QUIET, "action=jobid,point", "x=3", f"hydra.launcher.mode={mode}",
+            cwd=tmp_path, check=True)
+    points = status_json()["points"]
+    assert f"'job_id': '{points[0]['backend_id']}'" in points[0]["value_repr"]
+    assert points[1]["value_repr"] == "Point(x=3, y=9)"   # the app's own class, unpickled here
+
+
+def test_a_failing_point_fails_the_sweep_and_keeps_the_others(slurm_env, home, tmp_path):
+    proc = run_app("slurm_app.py", SLURM, QUIET, "action=ok,raise,ok", "x=4", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert states() == {0: "COMPLETED", 1: "FAILED", 2: "COMPLETED"}
+    points = status_json()["points"]
+    assert "'square': 16" in points[0]["value_repr"] and "'square': 16" in points[2]["value_repr"]
+    assert "ValueError: boom at x=4" in points[1]["error"]
+    assert 'raise ValueError(f"boom at x={cfg.x}")' in proc.stderr       # the remote traceback
+    assert str(tmp_path / "multirun" / "1" / "stderr.log") in proc.stderr  # and where to look
+    assert "ValueError: boom at x=4" in (tmp_path / "multirun" / "1" / "stderr.log").read_text()
+    bid = points[1]["backend_id"]
+    assert _wait_for(lambda: _sacct_states(bid).get(bid)) == "FAILED"   # so afterok means what it says
+
+
+def test_command_mode_and_crashes_are_named(slurm_env, home, tmp_path):
+    proc = run_app("sweep_app.py", SLURM, QUIET, "action=ok,exit,segv", "hydra.launcher.mode=command",
+                   cwd=tmp_path)
+    assert proc.returncode != 0
+    assert states() == {0: "COMPLETED", 1: "FAILED", 2: "FAILED"}
+    points = status_json()["points"]
+    assert "exit code 3" in points[1]["error"]
+    assert "SIGSEGV" in points[2]["error"]
+    points_ip = run_app("sweep_app.py", SLURM, QUIET, "action=exit", cwd=tmp_path)
+    assert points_ip.returncode != 0
+    assert "exited with code 3" in status_json()["points"][0]["error"]   # in-process: the worker died
+
+
+def test_secret_env_reaches_points_and_is_written_nowhere(slurm_env, home, tmp_path):
+    secret = "s3cr3t-slurm-5b2e"
+    run_app("slurm_app.py", SLURM, QUIET, "action=env", "env_names=[PLAIN,MY_TOKEN]", "x=1,2",
+            "+hydra.launcher.env.PLAIN=hello", "hydra.launcher.secret_env=[MY_TOKEN]", cwd=tmp_path,
+            env={"MY_TOKEN": secret}, check=True)
+    digest = "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:16]
+    values = [p["value_repr"] for p in status_json()["points"]]
+    assert all("'PLAIN': 'hello'" in v and f"'MY_TOKEN': '{digest}'" in v for v in values), values
+    files = [*home.rglob("*"), *(tmp_path / "multirun").rglob("*")]   # store, sbatch script, pickles
+    assert any(f.name.endswith("_submitted.pkl") for f in files)
+    for path in files:
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+
+
+def test_detach_then_status_logs_and_results_from_another_shell(slurm_env, home, tmp_path):
+    t0 = time.monotonic()
+    proc = run_app("slurm_app.py", SLURM, "action=sleep", "seconds=4", "x=1,2",
+                   "hydra.launcher.wait=false", cwd=tmp_path, check=True)
+    assert time.monotonic() - t0 < 20 and "nrun status" in proc.stderr
+    ids = _wait_for(lambda: all(_backend_ids().values()) and _backend_ids())
+    assert len({i.split("_")[0] for i in ids.values()}) == 1
+    assert set(states().values()) <= {"RUNNING", "COMPLETED"}
+    follow = nrun("logs", "last", "1", "--follow", timeout=60)        # returns when the point ends
+    assert "point x=2 action=sleep" in follow.stdout
+    _wait_for(lambda: set(states().values()) == {"COMPLETED"}, timeout=60)
+    assert status_json()["sweep"]["state"] == "COMPLETED"
+
+
+def test_cancel_from_another_shell_empties_the_queue(slurm_env, home, tmp_path):
+    run_app("slurm_app.py", SLURM, "action=sleep", "seconds=120", "x=1,2,3",
+            "hydra.launcher.wait=false", "hydra.launcher.array_parallelism=2", cwd=tmp_path, check=True)
+    ids = _wait_for(lambda: all(_backend_ids().values()) and _backend_ids())
+    array = ids[0].split("_")[0]
+    _wait_for(lambda: sum("RUNNING" in q for q in _queued(array)) == 2)   # one task still queued
+    t0 = time.monotonic()
+    out = nrun("cancel", "last", timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    _wait_for(lambda: not _queued(array), timeout=10)
+    assert time.monotonic() - t0 < 10
+    assert set(states().values()) == {"CANCELLED"}
+
+
+def test_unsupervised_sweep_is_probed_and_cancelled_from_slurm_ids(slurm_env, home, tmp_path):
+    run_app("slurm_app.py", SLURM, "action=sleep", "seconds=120", "x=1,2",
+            "hydra.launcher.wait=false", cwd=tmp_path, check=True)
+    ids = _wait_for(lambda: all(_backend_ids().values()) and _backend_ids())
+    os.kill(status_json()["sweep"]["supervisor_pid"], signal.SIGKILL)   # nobody watches it now
+    time.sleep(0.5)
+    assert set(states().values()) == {"RUNNING"}                       # Slurm says they still run
+    out = nrun("cancel", "last", timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    _wait_for(lambda: not _queued(ids[0].split("_")[0]), timeout=10)
+    assert set(states().values()) == {"CANCELLED"}
+
+
+def test_ctrl_c_cancels_the_array_and_says_so(slurm_env, home, tmp_path, launch):
+    launcher = launch("action=sleep", "seconds=120", "x=1,2")
+    ids = _wait_for(lambda: all(_backend_ids().values()) and _backend_ids())
+    array = ids[0].split("_")[0]
+    _wait_for(lambda: sum("RUNNING" in q for q in _queued(array)) == 2)
+    launcher.send_signal(signal.SIGINT)
+    _, err = launcher.communicate(timeout=60)
+    assert launcher.returncode == 130
+    assert f"scancel {array}" in err and "cancelled by Ctrl-C" in err
+    _wait_for(lambda: not _queued(array), timeout=10)
+    assert set(states().values()) == {"CANCELLED"}
+
+
+def test_retries_resubmit_a_failed_point(slurm_env, home, tmp_path):
+    run_app("slurm_app.py", SLURM, QUIET, "action=flaky", "x=1", "hydra.launcher.retries=1",
+            cwd=tmp_path, check=True)
+    p = status_json()["points"][0]
+    assert p["state"] == "COMPLETED" and p["attempts"] == 2 and "second attempt" in p["value_repr"]
+
+
+def test_requeued_point_still_finishes_with_its_result(slurm_env, home, tmp_path, launch):
+    launcher = launch("action=requeue_once", "seconds=120", "x=1,2")
+    ids = _wait_for(lambda: all(_backend_ids().values()) and _backend_ids())
+    _wait_for(lambda: "restarts=0" in (tmp_path / "multirun" / "0" / "stdout.log").read_text())
+    subprocess.run(["scontrol", "requeue", ids[0]], check=True)           # as preemption would
+    _expedite(ids[0])
+    _wait_for(lambda: states()[0] == "COMPLETED", timeout=150)  # Slurm may wait for its next scheduling pass
+    launcher.send_signal(signal.SIGINT)                                   # point 1 sleeps on: stop it
+    launcher.communicate(timeout=60)
+    p = status_json()["points"][0]
+    assert f"'restarts': 1, 'job_id': '{ids[0]}'" in p["value_repr"]    # same id, second run
+    log = (tmp_path / "multirun" / "0" / "stdout.log").read_text()
+    assert "restarts=0" in log and "restarts=1" in log                  # both attempts logged
+
+
+def test_timeout_is_checkpointed_and_requeued_by_submitit(slurm_env, home, tmp_path, launch):
+    # time=1 min, warned 55 s before the limit: submitit's USR2 handler requeues the point
+    launcher = launch("action=requeue_once", "seconds=300", "x=1", "hydra.launcher.time=1",
+                      "hydra.launcher.max_num_timeout=1", "hydra.launcher.signal_delay_s=55")
+    bid = _wait_for(lambda: _backend_ids()[0])
+    _wait_for(lambda: "BeginTime" in subprocess.run(["squeue", "-h", "-j", bid, "-o", "%r"],
+                                                    capture_output=True, text=True).stdout, timeout=90)
+    _expedite(bid)
+    out, err = launcher.communicate(timeout=180)
+    assert launcher.returncode == 0, err
+    p = status_json()["points"][0]
+    assert p["state"] == "COMPLETED" and "'restarts': 1" in p["value_repr"]
+    job = tmp_path / "multirun" / "0"
+    assert "Requeued job" in (job / "stdout.log").read_text() + (job / "stderr.log").read_text()
+
+
+def test_two_node_torchrun_gloo_allreduce(slurm_env, home, tmp_path):
+    pytest.importorskip("torch") if not os.environ.get("NRUN_REQUIRE") else __import__("torch")
+    run_app("torch_allreduce.py", SLURM, QUIET, "nrun/launcher=torchrun", "hydra.launcher.nodes=2", "+run=1",
+            cwd=tmp_path, check=True, env={"OMP_NUM_THREADS": "1"}, timeout=240)
+    p = status_json()["points"][0]
+    assert p["state"] == "COMPLETED"
+    assert "'world_size': 2, 'sum': 3.0" in p["value_repr"]
+    job = tmp_path / "multirun" / "0"
+    assert "rank 0/2" in (job / "stdout.log").read_text() + (job / "stdout.rank1.log").read_text()
+    nodes = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "NNodes,NodeList", "-j", p["backend_id"]],
+                           capture_output=True, text=True).stdout.split("|")
+    assert nodes[0] == "2"
+
+
+def test_dependencies_behave_per_type(slurm_env, home, tmp_path):
+    for name, action in (("up_ok", "sleep"), ("up_fail", "late_raise")):  # long enough for Slurm to decide
+        (tmp_path / name).mkdir()
+        run_app("slurm_app.py", SLURM, f"action={action}", "seconds=10", "x=1,2", "hydra.launcher.wait=false",
+                f"hydra.launcher.sweep_name={name}", cwd=tmp_path / name, check=True)
+    cases = {"ok_afterok": "afterok:up_ok", "ok_afternotok": "afternotok:up_ok",
+             "fail_afterok": "afterok:up_fail", "fail_afternotok": "afternotok:up_fail",
+             "fail_afterany": "afterany:up_fail"}
+    procs: Dict[str, subprocess.Popen] = {}
+    for name, dep in cases.items():
+        (tmp_path / name).mkdir()
+        procs[name] = subprocess.Popen(
+            [PYTHON, str(APPS / "slurm_app.py"), "-m", SLURM, QUIET, "x=1", f"hydra.launcher.dependencies=[{dep}]",
+             f"hydra.launcher.sweep_name={name}", f"hydra.sweep.dir={tmp_path / name}/multirun"],
+            cwd=tmp_path / name, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        codes = {name: (p.wait(timeout=120), p.stderr.read()) for name, p in procs.items()}
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+                p.wait(timeout=60)
+    final = {name: states(name)[0] if nrun("status", name).returncode == 0 else codes[name] for name in cases}
+    assert final == {"ok_afterok": "COMPLETED", "ok_afternotok": "CANCELLED", "fail_afterok": "CANCELLED",
+                     "fail_afternotok": "COMPLETED", "fail_afterany": "COMPLETED"}, codes
+    assert "never be satisfied" in status_json("fail_afterok")["points"][0]["error"]
+    # it really waited: each dependent point started after its upstream points ended
+    up_end = {n: max(p["ended"] for p in status_json(n)["points"]) for n in ("up_ok", "up_fail")}
+    for name in ("ok_afterok", "fail_afternotok", "fail_afterany"):
+        start = _slurm_start(status_json(name)["points"][0]["backend_id"])
+        assert start >= int(up_end["up_" + name.split("_")[0]]) - 1, name
+    # a finished upstream is decided from the store (Slurm may have forgotten it)
+    late = run_app("slurm_app.py", SLURM, QUIET, "x=1", "hydra.launcher.dependencies=[afterok:up_fail]",
+                   cwd=tmp_path / "ok_afterok")
+    assert late.returncode != 0 and "can never be satisfied" in late.stderr
+
+
+def test_unknown_partition_fails_before_anything_is_submitted(slurm_env, home, tmp_path):
+    proc = run_app("slurm_app.py", SLURM, "x=1,2", "hydra.launcher.partition=nosuchpart", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "nosuchpart" in proc.stderr or "partition" in proc.stderr
+    assert "hydra.launcher.partition" in proc.stderr and "Nothing was submitted" in proc.stderr
+    assert nrun("list").stdout.count("\n") <= 1        # nothing recorded either
+
+
+def _expedite(job_id: str) -> None:
+    """Slurm holds a requeued job back (reason BeginTime, ~2 min here) before it may start again;
+    start it now, as an operator would, once the first run's processes are gone from the node
+    (launching it again while they exit fails the new run)."""
+    _wait_for(lambda: "BeginTime" in subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%r"],
+                                                    capture_output=True, text=True).stdout, timeout=30)
+    _wait_for(lambda: not _job_processes(job_id), timeout=30)
+    time.sleep(1.0)  # slurmstepd reports the end to slurmd after its processes exit
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+
+
+def _job_processes(job_id: str) -> List[int]:
+    """Processes on this host that Slurm started for this job (they carry its ids in their environment)."""
+    array, _, task = job_id.partition("_")
+    needles = [f"SLURM_ARRAY_JOB_ID={array}\0".encode(), f"SLURM_ARRAY_TASK_ID={task}\0".encode()] if task \
+        else [f"SLURM_JOB_ID={array}\0".encode()]
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if all(n in env for n in needles):
+            found.append(int(pid))
+    return found
+
+
+def _slurm_start(job_id: str) -> int:
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "Start", "-j", job_id], capture_output=True,
+                         text=True, check=True).stdout.split()[0]
+    return int(time.mktime(time.strptime(out, "%Y-%m-%dT%H:%M:%S")))
