@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
@@ -69,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sandbox", help="a real backend on this machine: slurm, docker")
     s.add_argument("name")
     s.add_argument("action", choices=["up", "down", "status", "env"])
+    s.add_argument("--purge", action="store_true", help="with down: also delete the sandbox's state")
     s.set_defaults(func=cmd_sandbox)
     return p
 
@@ -196,14 +196,25 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     from nrun_core import sandbox
     from nrun_core.shell import exports
 
+    import logging
+
     box = sandbox.get(args.name)
+    logging.basicConfig(level=logging.INFO, format="# %(message)s", stream=sys.stderr)
     if args.action == "up":
         env = box.up()
         print(exports(env))
         print(f"# nrun sandbox {args.name} is up; eval \"$(nrun sandbox {args.name} env)\" to use it",
               file=sys.stderr)
     elif args.action == "down":
-        box.down()
+        if args.purge:
+            import inspect
+
+            if "purge" not in inspect.signature(box.down).parameters:
+                raise NrunError(f"nrun sandbox {args.name} down has no --purge: it keeps only cached "
+                                "images, which the next `up` reuses; drop --purge")
+            box.down(purge=True)
+        else:
+            box.down()
     elif args.action == "status":
         ok, text = box.status()
         print(text)

@@ -7,7 +7,7 @@ everywhere.
 """
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 PLUGIN = "hydra_plugins.nrun_launcher.nrun_launcher"
 

@@ -80,3 +80,17 @@ def kill_tagged(token: str) -> int:
         except ProcessLookupError:
             pass
     return len(pids)
+
+
+def describe_exit(code: Optional[int], oom_hint: bool = False) -> str:
+    """An exit status as a user reads it: "exited with code 3", "killed by SIGSEGV"."""
+    if code is None:
+        return "ended"
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if oom_hint and -code == signal.SIGKILL else ""
+    return f"killed by {name}{hint}"

@@ -30,7 +30,7 @@ from nrun_core.progress import Row, make_view, QuietView
 from nrun_core.runner import Interrupted, Outcome, Runner
 from nrun_core.runtime.result import COMPLETED as R_COMPLETED, FAILED as R_FAILED, read_result, write_result
 from nrun_core.spec import JobSpec
-from nrun_core.store import CANCELLED, COMPLETED, FAILED, LOST, PENDING, RUNNING, TERMINAL, Store, new_sweep_id
+from nrun_core.store import CANCELLED, COMPLETED, TERMINAL, Store, new_sweep_id
 from nrun_core import procs
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import select
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence
 
 from nrun_core import procs
@@ -252,7 +252,7 @@ class LocalExecutor(Executor):
             if proc.reason:  # the group may hold survivors (torchrun workers): end them
                 procs.kill_tagged(proc.token)
             code = os.waitstatus_to_exitcode(status)
-            detail = "" if proc.reason == "timeout" else _describe_exit(code)
+            detail = "" if proc.reason == "timeout" else procs.describe_exit(code, oom_hint=True)
             events.append(Ended(idx=proc.spec.index, reason=proc.reason or "exited", exit_code=code,
                                 detail=detail))
 
@@ -296,14 +296,3 @@ class LocalExecutor(Executor):
 
 def _secret_values(names: Sequence[str]) -> Dict[str, str]:
     return {n: os.environ[n] for n in names if n in os.environ}
-
-
-def _describe_exit(code: int) -> str:
-    if code >= 0:
-        return f"exited with code {code}"
-    try:
-        name = signal.Signals(-code).name
-    except ValueError:
-        name = f"signal {-code}"
-    hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if -code == signal.SIGKILL else ""
-    return f"killed by {name}{hint}"

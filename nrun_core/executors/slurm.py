@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from nrun_core import procs
 from nrun_core.errors import BackendError, ConfigError
 from nrun_core.executors import slurm_options, slurm_state
 from nrun_core.executors.base import Ended, Event, Executor, Request, Started
@@ -299,7 +300,7 @@ class SlurmExecutor(Executor):
             detail = "cancelled (scancel)"
         exit_code = st.exit_code if st.exit_code is not None else (0 if st.state == "COMPLETED" else None)
         if reason == "exited" and st.state != "COMPLETED" and not os.path.exists(t.spec.result_file):
-            detail = f"{slurm_state.describe_exit(exit_code)} ({self._worker_failure(t)})"
+            detail = f"{procs.describe_exit(exit_code)} ({self._worker_failure(t)})"
         self._events.append(Ended(idx=t.spec.index, reason=reason, exit_code=exit_code, detail=detail))
 
     def _worker_failure(self, t: _Task) -> str:

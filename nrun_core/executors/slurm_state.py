@@ -8,9 +8,10 @@ and sacct only for tasks squeue no longer knows or for exit codes of failures.
 from __future__ import annotations
 
 import re
-import signal
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Tuple
+
+from nrun_core import procs
 
 # States in which a task may still run (or run again): never report these as ended.
 LIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED",
@@ -89,18 +90,6 @@ def exit_code(text: str) -> Optional[int]:
     return -s if s else c
 
 
-def describe_exit(code: Optional[int]) -> str:
-    if code is None:
-        return "ended"
-    if code >= 0:
-        return f"exited with code {code}"
-    try:
-        name = signal.Signals(-code).name
-    except ValueError:
-        name = f"signal {-code}"
-    return f"killed by {name}"
-
-
 def ended_reason(st: TaskState) -> Tuple[str, str]:
     """(Ended.reason, detail) for a task in a terminal state."""
     if st.state == "CANCELLED":
@@ -115,7 +104,7 @@ def ended_reason(st: TaskState) -> Tuple[str, str]:
         return "exited", "ran out of memory (Slurm OUT_OF_MEMORY): raise hydra.launcher.mem"
     if st.state == "COMPLETED":
         return "exited", "exited with code 0"
-    return "exited", f"Slurm {st.state}: {describe_exit(st.exit_code)}"
+    return "exited", f"Slurm {st.state}: {procs.describe_exit(st.exit_code)}"
 
 
 def array_ids(backend_ids: Iterable[str]) -> List[str]:

@@ -17,7 +17,6 @@ import fcntl
 import http.client
 import json
 import os
-import shlex
 import shutil
 import signal
 import socket
@@ -391,34 +390,7 @@ def down() -> None:
         _state_file().unlink(missing_ok=True)
 
 
-def main(argv: list[str]) -> int:
-    """``python -m nrun_core.sandbox.docker up|down|status|env`` for manual use."""
-    action = argv[0] if argv else "status"
-    try:
-        if action == "up":
-            for key, value in up().items():
-                print(f"export {key}={shlex.quote(value)}")
-        elif action == "env":
-            for key, value in env().items():
-                print(f"export {key}={shlex.quote(value)}")
-        elif action == "down":
-            down()
-            print("docker sandbox: stopped (images kept)")
-        elif action == "status":
-            ok, report = status()
-            print(report)
-            return 0 if ok else 1
-        elif action == "torch":
-            print(ensure_torch_image())
-        else:
-            print("usage: python -m nrun_core.sandbox.docker up|down|status|env|torch",
-                  file=sys.stderr)
-            return 2
-    except SandboxError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+if __name__ == "__main__":  # the same as `nrun sandbox docker ...`
+    from nrun_core.cli import main
 
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    sys.exit(main(["sandbox", "docker", *sys.argv[1:]]))

@@ -528,37 +528,7 @@ def status() -> tuple[bool, str]:
     return ok, "\n".join(lines)
 
 
-def _main(argv: Sequence[str]) -> int:
-    import argparse
+if __name__ == "__main__":  # the same as `nrun sandbox slurm ...`
+    from nrun_core.cli import main
 
-    parser = argparse.ArgumentParser(prog="python -m nrun_core.sandbox.slurm")
-    parser.add_argument("action", choices=["up", "down", "status", "env"])
-    parser.add_argument("--purge", action="store_true", help="with down: delete the sandbox dir")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="# %(message)s", stream=sys.stderr)
-    try:
-        if args.action == "up":
-            t0 = time.monotonic()
-            variables = up()
-            print(f"# Slurm sandbox up in {time.monotonic() - t0:.1f} s", file=sys.stderr)
-        elif args.action == "down":
-            down(purge=args.purge)
-            return 0
-        elif args.action == "status":
-            ok, report = status()
-            print(report)
-            return 0 if ok else 1
-        else:
-            variables = env()
-    except SandboxError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    import shlex
-
-    for key, value in variables.items():
-        print(f"export {key}={shlex.quote(value)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
+    sys.exit(main(["sandbox", "slurm", *sys.argv[1:]]))

@@ -14,8 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Sequence
 from pathlib import Path
 
 from nrun_core.errors import SandboxError
@@ -156,35 +154,7 @@ def _write(path: Path, text: str, mode: int) -> None:
     tmp.replace(path)
 
 
-def _main(argv: Sequence[str]) -> int:
-    import argparse
-    import shlex
+if __name__ == "__main__":  # the same as `nrun sandbox ssh ...`
+    from nrun_core.cli import main
 
-    parser = argparse.ArgumentParser(prog="python -m nrun_core.sandbox.ssh")
-    parser.add_argument("action", choices=["up", "down", "status", "env"])
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="# %(message)s", stream=sys.stderr)
-    try:
-        if args.action == "up":
-            t0 = time.monotonic()
-            variables = up()
-            print(f"# SSH sandbox up in {time.monotonic() - t0:.1f} s", file=sys.stderr)
-        elif args.action == "down":
-            down()
-            return 0
-        elif args.action == "status":
-            ok, report = status()
-            print(report)
-            return 0 if ok else 1
-        else:
-            variables = env()
-    except SandboxError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    for key, value in variables.items():
-        print(f"export {key}={shlex.quote(value)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
+    sys.exit(main(["sandbox", "ssh", *sys.argv[1:]]))
