@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Dict, List
 
 HERE = Path(__file__).resolve().parent / "slurm_bench_app"
+APP = HERE.parent / "apps" / "bench_app.py"  # the same app as local_overhead.py
 # Nothing is imported from beside this script; keep its directory off sys.path so that sibling
 # benchmark files cannot shadow installed packages (unpickling results imports hydra).
 sys.path[:] = [p for p in sys.path if p and Path(p).resolve() != HERE.parent]
@@ -58,7 +59,7 @@ def run_one(name: str, points: int, work: Path) -> Dict[str, float]:
            "PATH": f"{HERE / 'bin'}:{os.environ.get('PATH', '')}",
            "PYTHONPATH": os.pathsep.join(p for p in (str(HERE / "cpuhook"), os.environ.get("PYTHONPATH")) if p)}
     xs = ",".join(str(i) for i in range(points))
-    cmd = [PY, str(HERE / "run.py"), str(HERE / "app.py"), "-m", *LAUNCHERS[name], f"+x={xs}",
+    cmd = [PY, str(HERE / "run.py"), str(APP), "-m", *LAUNCHERS[name], f"+x={xs}",
            f"hydra.sweep.dir={out}/multirun"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy0, t0 = machine_busy(), time.time()

@@ -40,6 +40,14 @@ class Ended:
 Event = Union[Started, Ended]
 
 
+def split_queue(queue: Sequence[JobSpec], wanted: Optional[set]) -> tuple:
+    """(specs kept in the queue, indices cancelled) for a cancel of ``wanted`` (None = all)."""
+    kept, cancelled = [], []
+    for spec in queue:
+        (cancelled.append(spec.index) if wanted is None or spec.index in wanted else kept.append(spec))
+    return kept, cancelled
+
+
 @dataclass(frozen=True)
 class Request:
     """One rendered backend request, as a dry run shows it and golden tests pin it."""

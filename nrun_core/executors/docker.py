@@ -50,7 +50,7 @@ from nrun_core.command import AppRef
 from nrun_core.errors import ConfigError, NrunError
 from nrun_core.executors import docker_runtime
 from nrun_core.executors import docker_spec as ds
-from nrun_core.executors.base import Ended, Event, Executor, Request, Started
+from nrun_core.executors.base import Ended, Event, Executor, Request, Started, split_queue
 from nrun_core.executors.local import default_parallelism
 from nrun_core.paths import nrun_home
 from nrun_core.spec import JobSpec
@@ -177,13 +177,9 @@ class DockerExecutor(Executor):
 
     def cancel(self, indices: Optional[Sequence[int]] = None) -> None:
         wanted = None if indices is None else set(indices)
-        kept: Deque[JobSpec] = collections.deque()
-        for spec in self._queue:
-            if wanted is None or spec.index in wanted:
-                self._cancelled_queued.append(spec.index)
-            else:
-                kept.append(spec)
-        self._queue = kept
+        kept, cancelled = split_queue(self._queue, wanted)
+        self._queue = collections.deque(kept)
+        self._cancelled_queued += cancelled
         for p in self._points.values():
             if (wanted is None or p.spec.index in wanted) and not p.ended:
                 if p.started:

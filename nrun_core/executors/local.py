@@ -22,7 +22,7 @@ from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence
 
 from nrun_core import procs
 from nrun_core.errors import ConfigError
-from nrun_core.executors.base import Ended, Event, Executor, Request, Started
+from nrun_core.executors.base import Ended, Event, Executor, Request, Started, split_queue
 from nrun_core.spec import JobSpec
 
 GRACE_S = 5.0
@@ -156,13 +156,9 @@ class LocalExecutor(Executor):
 
     def cancel(self, indices: Optional[Sequence[int]] = None) -> None:
         wanted = None if indices is None else set(indices)
-        kept: Deque[JobSpec] = collections.deque()
-        for spec in self._queue:
-            if wanted is None or spec.index in wanted:
-                self._cancelled_queued.append(spec.index)
-            else:
-                kept.append(spec)
-        self._queue = kept
+        kept, cancelled = split_queue(self._queue, wanted)
+        self._queue = collections.deque(kept)
+        self._cancelled_queued += cancelled
         for proc in self._running.values():
             if (wanted is None or proc.spec.index in wanted) and proc.reason is None:
                 self._stop(proc, "cancelled")
