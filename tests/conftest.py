@@ -17,11 +17,6 @@ PYTHON = sys.executable
 NRUN = [PYTHON, "-m", "nrun_core.cli"]
 
 
-def required(backend: str) -> bool:
-    """CI lists the backends it started in NRUN_REQUIRE: their tests must fail, never skip."""
-    return backend in {b.strip() for b in os.environ.get("NRUN_REQUIRE", "").split(",")}
-
-
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
     """A private NRUN_HOME for the test and every process it starts."""

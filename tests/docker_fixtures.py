@@ -16,19 +16,11 @@ from typing import Any
 import pytest
 
 from nrun_core.sandbox import docker as docker_sandbox_mod
-
-
-def required(backend: str) -> bool:
-    """True if NRUN_REQUIRE names BACKEND: its tests must fail, not skip, when it is missing."""
-    wanted = os.environ.get("NRUN_REQUIRE", "")
-    return backend in {w.strip() for w in wanted.split(",")}
+from require import missing, required
 
 
 def _missing(msg: str, need: str = "docker") -> None:
-    """Fail under NRUN_REQUIRE=docker, skip otherwise; MSG says how to bring it up."""
-    if required(need):
-        pytest.fail(f"NRUN_REQUIRE={need} but {msg}", pytrace=False)
-    pytest.skip(msg)
+    missing(need, msg)
 
 
 @pytest.fixture(scope="session")

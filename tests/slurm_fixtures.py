@@ -14,12 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from nrun_core.sandbox import slurm
-
-
-def required(backend: str) -> bool:
-    """True if NRUN_REQUIRE names BACKEND: its tests must fail, not skip, when it is missing."""
-    wanted = os.environ.get("NRUN_REQUIRE", "")
-    return backend in {w.strip() for w in wanted.split(",")}
+from require import missing
 
 
 @pytest.fixture(scope="session")
@@ -31,9 +26,7 @@ def slurm_cluster() -> dict[str, str]:
             "the Slurm sandbox is not up: run `nrun sandbox slurm up` "
             f"(or `python -m nrun_core.sandbox.slurm up`)\n{report}"
         )
-        if required("slurm"):
-            pytest.fail(f"NRUN_REQUIRE=slurm but {msg}", pytrace=False)
-        pytest.skip(msg)
+        missing("slurm", msg)
     return slurm.env()
 
 

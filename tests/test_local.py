@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import APPS, PYTHON, nrun, run_app, states, status_json
+from require import missing
 
 LOCAL = "hydra/launcher=nrun_local"
 TRICKY = """a b; $(touch /tmp/nrun_pwned) `x` 'q' "dq" $HOME"""
@@ -202,7 +203,10 @@ def test_plugin_is_registered_with_hydra(tmp_path):
 
 @pytest.mark.torch
 def test_torchrun_two_process_gloo_allreduce(home, tmp_path):
-    pytest.importorskip("torch") if not os.environ.get("NRUN_REQUIRE") else __import__("torch")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        missing("torch", "torch is not installed: pip install -e '.[test]'")
     run_app("torch_allreduce.py", LOCAL, "nrun/launcher=torchrun", "+run=1", cwd=tmp_path, check=True,
             env={"OMP_NUM_THREADS": "1"}, timeout=240)
     p = status_json()["points"][0]

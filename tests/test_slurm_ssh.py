@@ -21,7 +21,8 @@ from typing import Dict, List
 import pytest
 
 from conftest import APPS, nrun, states, status_json
-from slurm_fixtures import required, slurm_cluster, slurm_env  # noqa: F401  (fixtures)
+from require import missing
+from slurm_fixtures import slurm_cluster, slurm_env  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.slurm
 SLURM_TOOLS = ("sbatch", "squeue", "sacct", "scancel", "srun")
@@ -34,9 +35,7 @@ def ssh_login(slurm_cluster) -> Dict[str, str]:
     ok, report = ssh.status()
     if not ok:
         msg = f"the SSH sandbox is not up: run `nrun sandbox ssh up`\n{report}"
-        if required("ssh"):
-            pytest.fail(f"NRUN_REQUIRE=ssh but {msg}", pytrace=False)
-        pytest.skip(msg)
+        missing("ssh", msg)
     return ssh.env()
 
 

@@ -1,0 +1,25 @@
+"""Skip or fail for a missing backend: CI names the backends it started in NRUN_REQUIRE.
+
+A test whose backend is missing skips on a developer's machine (with how to start it) and fails
+in CI, where a skip would hide a missing install step. Imported by every fixture module, so it
+imports nothing of theirs (no circular import through conftest).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NoReturn
+
+import pytest
+
+
+def required(backend: str) -> bool:
+    """True if NRUN_REQUIRE (comma-separated) names BACKEND."""
+    return backend in {b.strip() for b in os.environ.get("NRUN_REQUIRE", "").split(",")}
+
+
+def missing(backend: str, msg: str) -> NoReturn:
+    """Fail when BACKEND is required, skip otherwise; MSG says how to bring it up."""
+    if required(backend):
+        pytest.fail(f"NRUN_REQUIRE={backend} but {msg}", pytrace=False)
+    pytest.skip(msg)
