@@ -15,7 +15,7 @@ from nrun_core import procs
 from nrun_core.executors import executor_class
 from nrun_core.runtime.result import COMPLETED as R_COMPLETED, read_result
 from nrun_core.spec import JobSpec
-from nrun_core.store import COMPLETED, FAILED, LOST, PENDING, RUNNING, TERMINAL, Store
+from nrun_core.store import COMPLETED, FAILED, LOST, PENDING, RUNNING, TERMINAL, Store, sweep_state
 
 
 def supervised(sweep: Dict[str, Any]) -> bool:
@@ -54,10 +54,6 @@ def reconcile(store: Store, sweep: Dict[str, Any]) -> bool:
                                error="ended unwatched without a result",
                                detail="process gone, no result file")
     if not still_running:
-        counts = store.counts(sweep["id"])
-        state = "COMPLETED" if set(counts) <= {COMPLETED} else "FAILED"
-        if set(counts) - TERMINAL:
-            state = "RUNNING"
-        store.update_sweep(sweep["id"], state=state, ended=time.time())
+        store.update_sweep(sweep["id"], state=sweep_state(store.counts(sweep["id"])), ended=time.time())
         changed = True
     return changed

@@ -50,6 +50,15 @@ _POINT_FIELDS = {"state", "backend_id", "pid", "pid_start", "attempts", "exit_co
 _JSON_FIELDS = {"argv", "conf", "artifact", "info", "overrides"}
 
 
+def sweep_state(counts: Dict[str, int]) -> str:
+    """A sweep's state from its points' states: RUNNING while any is live, then the worst outcome."""
+    if any(s not in TERMINAL for s in counts):
+        return RUNNING
+    if any(s not in (COMPLETED, CANCELLED) for s in counts):
+        return FAILED
+    return CANCELLED if CANCELLED in counts else COMPLETED
+
+
 def new_sweep_id() -> str:
     """Sortable by time, unique enough for one user's machine, short to type (prefixes work)."""
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"

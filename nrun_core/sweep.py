@@ -8,6 +8,7 @@ Hydra one JobReturn per point with the point's real return value.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -30,7 +31,7 @@ from nrun_core.progress import Row, make_view, QuietView
 from nrun_core.runner import Interrupted, Outcome, Runner
 from nrun_core.runtime.result import COMPLETED as R_COMPLETED, FAILED as R_FAILED, read_result, write_result
 from nrun_core.spec import JobSpec
-from nrun_core.store import CANCELLED, COMPLETED, TERMINAL, Store, new_sweep_id
+from nrun_core.store import COMPLETED, Store, new_sweep_id, sweep_state
 from nrun_core import procs
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class Sweep:
         self.sweep_id: Optional[str] = None
         self._store: Optional[Store] = None
         self._configs: Dict[int, DictConfig] = {}
+        self._recorded = False  # the sweep row exists (later batches of the sweeper add points)
 
     @property
     def store(self) -> Store:
@@ -82,7 +84,7 @@ class Sweep:
             return [self._job_return(configs[s.index], s, Outcome(COMPLETED)) for s in specs]
 
         reused = self._resumable(specs) if o.get("resume") else {}
-        self._record(sweep_dir, specs, artifact, first=initial_job_idx == 0 or not self._recorded)
+        self._record(sweep_dir, specs, artifact)
         for idx, outcome in reused.items():
             self.store.update_point(self.sweep_id, idx, state=COMPLETED, value_repr=repr(outcome.value)[:500],
                                     detail="resumed: completed in an earlier sweep")
@@ -97,8 +99,6 @@ class Sweep:
         returns = [self._job_return(configs[s.index], s, outcomes[s.index]) for s in specs]
         self._report_failures(specs, outcomes)
         return returns
-
-    _recorded = False
 
     # -- composition and specs -----------------------------------------------------------
     def _compose(self, idx: int, overrides: List[str]) -> DictConfig:
@@ -256,14 +256,11 @@ class Sweep:
               f"   cancel: nrun cancel {self.sweep_id}", file=sys.stderr)
 
     def _finish_sweep(self) -> None:
-        counts = self.store.counts(self.sweep_id or "")
-        state = ("RUNNING" if any(s not in TERMINAL for s in counts) else
-                 "FAILED" if any(s not in (COMPLETED, CANCELLED) for s in counts) else
-                 "CANCELLED" if CANCELLED in counts else "COMPLETED")
+        state = sweep_state(self.store.counts(self.sweep_id or ""))
         self.store.update_sweep(self.sweep_id or "", state=state, ended=time.time())
 
     # -- store ---------------------------------------------------------------------------
-    def _record(self, sweep_dir: Path, specs: List[JobSpec], artifact: Any, first: bool) -> None:
+    def _record(self, sweep_dir: Path, specs: List[JobSpec], artifact: Any) -> None:
         if not self._recorded:
             self.store.create_sweep(
                 self.sweep_id or "", name=self.options.get("sweep_name") or str(self.config.hydra.job.name),
@@ -279,7 +276,6 @@ class Sweep:
         for s in specs:
             stored = s.as_dict()
             stored["env"] = {k: ("<redacted>" if k in secret else v) for k, v in s.env.items()}
-            import json
             rows.append({"idx": s.index, "overrides": s.overrides, "spec": json.dumps(stored),
                          "stdout": s.stdout, "stderr": s.stderr})
         self.store.add_points(self.sweep_id or "", rows)
