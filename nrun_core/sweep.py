@@ -141,7 +141,9 @@ class Sweep:
         from nrun_core import packaging
 
         packaging.validate(packager)
-        return packaging.package(packager, source_dir=Path(os.getcwd()))
+        # Hydra created the sweep dir before the launch: never pack (or call dirty) its outputs
+        sweep_dir = os.path.abspath(str(self.config.hydra.sweep.dir))
+        return packaging.package(packager, source_dir=Path(os.getcwd()), extra_exclude=[sweep_dir])
 
     def _snapshot_root(self, artifact: Any) -> str:
         from nrun_core import packaging

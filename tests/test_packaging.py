@@ -338,7 +338,10 @@ def test_manifest_names_commit_files_sizes_digest_and_config(tmp_path: Path) -> 
     assert (m["file_count"], m["total_bytes"]) == (2, 8)
     assert m["digest"] == art.digest and art.path.name == f"{art.digest}.tar.gz"
     assert art.path.parent == tmp_path / "nrun-home" / "artifacts"
-    assert m["packager"] == {"name": "git", "ref": "HEAD", "subpath": "", "submodules": True, "on_dirty": "error"}
+    assert m["packager"] == {
+        "name": "git", "ref": "HEAD", "subpath": "", "submodules": True, "on_dirty": "error",
+        "exclude": ["/outputs/", "/multirun/"],
+    }
     import json
 
     assert json.loads(json.dumps(m)) == m

@@ -187,3 +187,29 @@ def test_workdir_agrees_with_git_on_random_rule_sets(tmp_path: Path, seed: int) 
             packed(root)
         return
     assert packed(root) == expected, ignores
+
+
+@pytest.mark.parametrize("seed", range(int(os.environ.get("NRUN_IGNORE_SEEDS", "60")) // 2))
+def test_exclude_patterns_agree_with_git_below_a_subpath(tmp_path: Path, seed: int) -> None:
+    """``exclude`` is judged twice: by git (``ls-files --exclude``, re-rooted at the subpath) for
+    untracked files, by ``Excluder`` for tracked ones and for workdir. Both must agree."""
+    from nrun_core.packaging.exclude import Excluder
+
+    rng = random.Random(1000 + seed)
+    files = sorted({f"{d}/{n}".lstrip("/") for d in rng.sample(DIRS, 6) for n in rng.sample(NAMES, 3)})
+    dirs_of_files = {f.rsplit("/", i)[0] for f in files for i in range(1, f.count("/") + 1)}
+    files = [f for f in files if f not in dirs_of_files]
+    patterns = rng.sample(PATTERN_POOL, rng.randint(1, 5))
+    sub = "s [p]"  # a subpath with a space and glob characters: re-rooting must escape it
+    root = tmp_path / "r"
+    make_tree(root, [f"{sub}/{f}" for f in files] + ["outside.txt"], {})
+    ex = Excluder(root / sub, patterns)
+    out = subprocess.run(
+        ["git", "-c", "core.quotepath=off", "ls-files", "-z", "-o", *ex.git_args(sub), "--", sub],
+        cwd=root, check=True, capture_output=True,
+    ).stdout
+    git_keeps_ = {p.decode()[len(sub) + 1:] for p in out.split(b"\0") if p}
+    assert {f for f in files if not ex.excluded(f)} == git_keeps_, patterns
+    if git_keeps_:
+        art = package({"name": "workdir", "base_dir": sub, "exclude": patterns}, source_dir=root)
+        assert {p for p, _ in art.manifest["files"]} == git_keeps_, patterns

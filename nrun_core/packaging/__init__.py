@@ -13,8 +13,9 @@ Importing this package is cheap; the work modules are imported when a function i
 from __future__ import annotations
 
 import logging
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from nrun_core.packaging import unpack as _unpack_module
 
 UNPACK_SCRIPT = Path(_unpack_module.__file__)
 PACKAGERS = ("passthrough", "git", "pattern", "hybrid", "workdir")
+PREFIX = "hydra.launcher.packager"
 log = logging.getLogger("nrun.packaging")
 
 
@@ -45,8 +47,30 @@ def validate(cfg: Mapping[str, Any]) -> None:
     normalize(cfg)
 
 
-def package(cfg: Mapping[str, Any], *, source_dir: Path) -> Artifact | None:
-    """Pack per ``cfg`` from the launch directory ``source_dir``; None for passthrough."""
+def package(
+    cfg: Mapping[str, Any], *, source_dir: Path, extra_exclude: Iterable[str | os.PathLike[str]] = ()
+) -> Artifact | None:
+    """Pack per ``cfg`` from the launch directory ``source_dir``; None for passthrough.
+
+    ``extra_exclude``: the Hydra output dirs of this launch (the sweep dir, wherever
+    ``hydra.sweep.dir`` puts it; relative paths start at ``source_dir``). Each one inside the packed
+    tree is left out with all it holds, by every packager, like NRUN_HOME; for git, files there
+    never make the tree dirty. Dirs outside the packed tree change nothing.
+    """
+    from nrun_core.errors import PackagingError
+
+    art = _package(cfg, Path(source_dir).resolve(), tuple(extra_exclude))
+    if art is not None and any(p.split("/")[0].casefold() in _unpack_module.RESERVED for p, _ in art.manifest["files"]):
+        raise PackagingError(
+            f"{PREFIX}: the packed tree has {_unpack_module.MARKER!r} at its root, a name nrun keeps for "
+            "itself (unpacking refuses it); rename or delete it, or leave it out with exclude / .gitignore"
+        )
+    return art
+
+
+def _package(cfg: Mapping[str, Any], source: Path, extra: tuple) -> Artifact | None:
+    from functools import partial
+
     from nrun_core.packaging import store
     from nrun_core.packaging.config import normalize
 
@@ -54,7 +78,6 @@ def package(cfg: Mapping[str, Any], *, source_dir: Path) -> Artifact | None:
     name = c["name"]
     if name == "passthrough":
         return None
-    source = Path(source_dir).resolve()
     t0 = time.perf_counter()
     if name == "git":
         from nrun_core.packaging.gitpack import pack as run
@@ -63,12 +86,10 @@ def package(cfg: Mapping[str, Any], *, source_dir: Path) -> Artifact | None:
     elif name == "pattern":
         from nrun_core.packaging.fspack import pack_pattern as run
     else:
-        from functools import partial
-
         from nrun_core.packaging.hybrid import pack as hybrid_pack
 
-        run = partial(hybrid_pack, package=package)
-    digest, manifest, workdir = run(c, source)
+        run = partial(hybrid_pack, package=lambda part, source_dir: _package(part, source_dir, extra))
+    digest, manifest, workdir = run(c, source, extra)
     log.info(
         "%s artifact %s (%d files, %.1f MB, %s) in %.2fs",
         "reused" if manifest["reused"] else "packed", digest[:12], manifest["file_count"],
@@ -77,11 +98,20 @@ def package(cfg: Mapping[str, Any], *, source_dir: Path) -> Artifact | None:
     return Artifact(store.archive_path(digest), digest, manifest, workdir)
 
 
-def unpack(archive: Path, dest: Path) -> Path:
-    """Safely extract ``archive`` into ``dest`` (absent or empty); no-op if dest already holds it."""
+def unpack(
+    archive: Path, dest: Path, *, max_files: int | None = None, max_bytes: int | None = None,
+    max_file_bytes: int | None = None,
+) -> Path:
+    """Safely extract ``archive`` into ``dest`` (absent or empty); no-op if dest already holds it.
+
+    Limits: keyword, else ``NRUN_UNPACK_MAX_FILES`` / ``_BYTES`` / ``_FILE_BYTES``, else
+    200,000 members and 20 GiB (see ``unpack.Limits``); 0 means none.
+    """
     from nrun_core.errors import PackagingError
 
     try:
-        return _unpack_module.unpack(Path(archive), Path(dest))
+        return _unpack_module.unpack(
+            Path(archive), Path(dest), max_files=max_files, max_bytes=max_bytes, max_file_bytes=max_file_bytes
+        )
     except _unpack_module.UnpackError as e:
         raise PackagingError(str(e)) from e

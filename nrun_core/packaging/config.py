@@ -16,13 +16,14 @@ from nrun_core.errors import ConfigError
 
 PREFIX = "hydra.launcher.packager"
 ON_DIRTY = ("error", "warn", "include")
+HYDRA_OUTPUTS = ["/outputs/", "/multirun/"]  # Hydra's default output roots: never code, often secrets
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "passthrough": {"name": "passthrough"},
-    "git": {"name": "git", "ref": "HEAD", "subpath": "", "submodules": True, "on_dirty": "error"},
-    "pattern": {"name": "pattern", "base_dir": ".", "include": ["**"], "exclude": []},
+    "git": {"name": "git", "ref": "HEAD", "subpath": "", "submodules": True, "on_dirty": "error", "exclude": HYDRA_OUTPUTS},
+    "pattern": {"name": "pattern", "base_dir": ".", "include": ["**"], "exclude": HYDRA_OUTPUTS},
     "hybrid": {"name": "hybrid", "parts": {}, "merge": False, "workdir_from": None},
-    "workdir": {"name": "workdir", "base_dir": ".", "exclude": ["/outputs/", "/multirun/"]},
+    "workdir": {"name": "workdir", "base_dir": ".", "exclude": HYDRA_OUTPUTS},
 }
 NAMES = tuple(DEFAULTS)
 
@@ -71,6 +72,7 @@ def _check_git(c: dict[str, Any], where: str) -> None:
             f"{where}.on_dirty={c['on_dirty']!r} is not a policy; use error (refuse uncommitted changes), "
             "warn (pack the ref and go on) or include (pack the working tree as it is)"
         )
+    c["exclude"] = _patterns(c, "exclude", where)
 
 
 def _check_pattern(c: dict[str, Any], where: str) -> None:
@@ -88,11 +90,17 @@ def _check_pattern(c: dict[str, Any], where: str) -> None:
 
 def _check_workdir(c: dict[str, Any], where: str) -> None:
     c["base_dir"] = _string(c, "base_dir", where) or "."
-    exclude = c.get("exclude") or []
-    if not isinstance(exclude, list) or not all(isinstance(x, str) for x in exclude):
-        raise ConfigError(f"{where}.exclude={exclude!r}: must be a list of .gitignore-style patterns, "
-                          "e.g. ['/outputs/', '*.ckpt']")
-    c["exclude"] = list(exclude)
+    c["exclude"] = _patterns(c, "exclude", where)
+
+
+def _patterns(c: dict[str, Any], key: str, where: str) -> list[str]:
+    value = c.get(key) or []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+        raise ConfigError(f"{where}.{key}={value!r}: must be a list of .gitignore-style patterns, "
+                          "e.g. ['/outputs/', '/multirun/', '*.ckpt']")
+    return list(value)
 
 
 def _check_hybrid(c: dict[str, Any], where: str) -> None:

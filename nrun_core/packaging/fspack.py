@@ -1,4 +1,8 @@
-"""The packagers that read a directory from disk: ``workdir`` (.gitignore rules) and ``pattern`` (globs)."""
+"""The packagers that read a directory from disk: ``workdir`` (.gitignore rules) and ``pattern`` (globs).
+
+Both leave out the launch's output dirs and NRUN_HOME (``exclude.Excluder``); ``workdir`` applies
+its ``exclude`` patterns the same way (as git would, on top of .gitignore).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from typing import Any
 
 from nrun_core.errors import PackagingError
 from nrun_core.packaging import fstree, gitrepo, store
+from nrun_core.packaging.exclude import Excluder, Extra
 from nrun_core.packaging.ignore import find_repo, workdir_files
 from nrun_core.packaging.manifest import build, caller_position, file_rows
 from nrun_core.packaging.pattern import pattern_files
@@ -22,13 +27,14 @@ def base_dir(cfg: dict[str, Any], source_dir: Path) -> Path:
     return base
 
 
-def pack_workdir(cfg: dict[str, Any], source_dir: Path) -> tuple[str, dict[str, Any], str]:
+def pack_workdir(cfg: dict[str, Any], source_dir: Path, extra_exclude: Extra = ()) -> tuple[str, dict[str, Any], str]:
     base = base_dir(cfg, source_dir)
-    files = _without(workdir_files(base), base, cfg.get("exclude") or [])
+    ex = Excluder(base, cfg.get("exclude") or [], extra_exclude, source_dir=source_dir)
+    files = workdir_files(base, ex.own if ex else None)
     if not files:
-        raise PackagingError(f"{SETTING}.base_dir={cfg['base_dir']!r}: no files to pack under {base} (all ignored by .gitignore?)")
+        raise PackagingError(f"{SETTING}.base_dir={cfg['base_dir']!r}: no files to pack under {base} (all ignored by .gitignore or left out by exclude={cfg['exclude']}?)")
     packed = fstree.pack_files(files, store.key("stat", str(base)), SETTING, "add them to .gitignore")
-    commit, changes = _provenance(base)
+    commit, changes = _provenance(base, ex)
     workdir = caller_position(source_dir, base)
     manifest = build(
         cfg=cfg, source_dir=source_dir, root=base, commit=commit, dirty=bool(changes), dirty_files=changes,
@@ -38,9 +44,10 @@ def pack_workdir(cfg: dict[str, Any], source_dir: Path) -> tuple[str, dict[str, 
     return packed.digest, manifest, workdir
 
 
-def pack_pattern(cfg: dict[str, Any], source_dir: Path) -> tuple[str, dict[str, Any], str]:
+def pack_pattern(cfg: dict[str, Any], source_dir: Path, extra_exclude: Extra = ()) -> tuple[str, dict[str, Any], str]:
     base = base_dir(cfg, source_dir)
-    files = pattern_files(base, cfg["include"], cfg["exclude"])
+    ex = Excluder(base, [], extra_exclude, source_dir=source_dir)
+    files = pattern_files(base, cfg["include"], cfg["exclude"], ex.own if ex else None)
     if not files:
         raise PackagingError(
             f"{SETTING}.include={cfg['include']}: no file under {base} matches (exclude={cfg['exclude']}); "
@@ -56,28 +63,7 @@ def pack_pattern(cfg: dict[str, Any], source_dir: Path) -> tuple[str, dict[str, 
     return packed.digest, manifest, workdir
 
 
-def _without(files: list[fstree.FsFile], base: Path, exclude: list[str]) -> list[fstree.FsFile]:
-    """Drop ``exclude`` matches (on top of .gitignore) and nrun's own state dir if it lies inside.
-
-    By default ``exclude`` holds Hydra's output roots: without it every sweep would pack the
-    outputs of the ones before, and no two artifacts would ever be the same.
-    """
-    from pathspec import GitIgnoreSpec
-
-    from nrun_core.paths import nrun_home
-
-    patterns = list(exclude)
-    try:
-        patterns.append("/" + nrun_home().resolve().relative_to(base).as_posix() + "/")
-    except ValueError:
-        pass
-    if not patterns:
-        return files
-    spec = GitIgnoreSpec.from_lines(patterns)
-    return [f for f in files if not spec.match_file(f.path)]
-
-
-def _provenance(base: Path) -> tuple[str | None, list[str]]:
+def _provenance(base: Path, ex: Excluder) -> tuple[str | None, list[str]]:
     """HEAD and the uncommitted paths under ``base`` when it lies in a git work tree (best effort)."""
     top, gitdir = find_repo(base)
     if gitdir is None:
@@ -87,6 +73,6 @@ def _provenance(base: Path) -> tuple[str | None, list[str]]:
         if head.returncode != 0:
             return None, []
         rel = base.relative_to(top).as_posix()
-        return head.stdout.decode().strip(), gitrepo.status(top, "" if rel == "." else rel, True)
+        return head.stdout.decode().strip(), gitrepo.uncommitted(top, "" if rel == "." else rel, True, ex)[0]
     except (PackagingError, OSError, ValueError):
         return None, []

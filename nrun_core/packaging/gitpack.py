@@ -5,8 +5,13 @@ Dirty-tree policy, applied when the ref is the checked-out commit:
 - ``warn``: log them and pack the ref; the manifest lists them under ``left_out``;
 - ``include``: pack the working tree as it is (tracked files plus untracked non-ignored ones).
 
+``exclude`` (Hydra's output roots by default) and the launch's output dirs are left out of the
+dirty check and of ``include``: untracked or modified files there never make the tree dirty and
+are never packed. Committed files there are code, so they are packed as committed (``include``
+reads them from HEAD when the working tree changed them). Submodules are never excluded.
+
 A clean tree is looked up in an index keyed by (repository, tree id, options) before anything is
-read, so a warm re-launch costs one ``git rev-parse`` and one ``git status``.
+read, so a warm re-launch costs one ``git rev-parse``, one ``git status`` and one ``git ls-files``.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import logging
 import os
 import stat
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +28,7 @@ from nrun_core.errors import PackagingError
 from nrun_core.packaging import fstree, gitrepo, links, store
 from nrun_core.packaging.compress import GzipSink
 from nrun_core.packaging.digest import Entry, tree_digest
+from nrun_core.packaging.exclude import Excluder, Extra
 from nrun_core.packaging.manifest import build, caller_position, file_rows
 from nrun_core.packaging.tarstream import relay, trailer
 
@@ -30,10 +37,11 @@ SETTING = gitrepo.SETTING
 _INDEX_VERSION = 1
 
 
-def pack(cfg: dict[str, Any], source_dir: Path) -> tuple[str, dict[str, Any], str]:
-    """(digest, manifest, workdir) for a normalized git packager config."""
+def pack(cfg: dict[str, Any], source_dir: Path, extra_exclude: Extra = ()) -> tuple[str, dict[str, Any], str]:
+    """(digest, manifest, workdir) for a normalized git packager config; see ``package`` for extra_exclude."""
     repo = gitrepo.resolve(source_dir, cfg["ref"], cfg["subpath"])
     root = repo.toplevel / cfg["subpath"] if cfg["subpath"] else repo.toplevel
+    ex = Excluder(root, cfg["exclude"], extra_exclude, source_dir=source_dir)
     workdir = caller_position(source_dir, root)
     at_head = repo.commit == repo.head
     policy = cfg["on_dirty"]
@@ -42,11 +50,11 @@ def pack(cfg: dict[str, Any], source_dir: Path) -> tuple[str, dict[str, Any], st
             f"{SETTING}.on_dirty=include packs the working tree, which is at HEAD ({repo.head[:12] if repo.head else '?'}), "
             f"but ref={cfg['ref']} is {repo.commit[:12]}. Set ref=HEAD to pack the working tree, or on_dirty=error to pack the ref."
         )
-    changes = gitrepo.status(repo.toplevel, cfg["subpath"], cfg["submodules"]) if at_head else []
+    changes, hidden = gitrepo.uncommitted(repo.toplevel, cfg["subpath"], cfg["submodules"], ex) if at_head else ([], [])
     if changes and policy == "error":
         raise PackagingError(_dirty_message(changes, cfg["ref"]))
     if changes and policy == "include":
-        return _pack_worktree(cfg, source_dir, repo, root, workdir, changes)
+        return _pack_worktree(cfg, source_dir, repo, root, workdir, changes, ex, hidden)
     if changes:
         log.warning(
             "%s.on_dirty=warn: packing %s and leaving out %d uncommitted file(s): %s",
@@ -61,7 +69,8 @@ def _dirty_message(changes: list[str], ref: str) -> str:
     them = "it" if n == 1 else "them"
     return (
         f"{SETTING}.on_dirty=error: {files} uncommitted: {_shown(changes)}. Commit {them}, set on_dirty=include "
-        f"to pack the tree as it is, or on_dirty=warn to pack {ref} and go on"
+        f"to pack the tree as it is, on_dirty=warn to pack {ref} and go on, or leave generated files out "
+        f"with .gitignore or {SETTING}.exclude"
     )
 
 
@@ -146,16 +155,21 @@ def _relay_repo(
 
 
 def _pack_worktree(
-    cfg: dict[str, Any], source_dir: Path, repo: gitrepo.Resolved, root: Path, workdir: str, changes: list[str]
+    cfg: dict[str, Any], source_dir: Path, repo: gitrepo.Resolved, root: Path, workdir: str, changes: list[str],
+    ex: Excluder, hidden: list[gitrepo.Change],
 ) -> tuple[str, dict[str, Any], str]:
-    """on_dirty=include: tracked files as they are on disk, plus untracked files .gitignore keeps."""
+    """on_dirty=include: tracked files as they are on disk, plus untracked files .gitignore keeps;
+    under excluded paths, only committed files, as committed."""
     files: list[fstree.FsFile] = []
-    _worktree_files(repo.toplevel, cfg["subpath"], "", cfg["submodules"], files)
-    if not files:
-        raise PackagingError(f"{SETTING}: nothing to pack under {root}")
-    packed = fstree.pack_files(
-        files, store.key("stat", str(root)), SETTING, "add them to .gitignore (untracked) or `git rm` them"
-    )
+    _worktree_files(repo.toplevel, cfg["subpath"], "", cfg["submodules"], files, ex, {c.path for c in hidden})
+    (store.root() / "tmp").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=store.root() / "tmp") as tmp:
+        files += _committed(repo.toplevel, cfg["subpath"], hidden, Path(tmp))
+        if not files:
+            raise PackagingError(f"{SETTING}: nothing to pack under {root}")
+        packed = fstree.pack_files(
+            files, store.key("stat", str(root)), SETTING, "add them to .gitignore (untracked) or `git rm` them"
+        )
     manifest = build(
         cfg=cfg, source_dir=source_dir, root=root, commit=repo.commit, dirty=True, dirty_files=changes,
         left_out=[], files=file_rows(packed.entries), digest=packed.digest, workdir=workdir, info=packed.info,
@@ -164,10 +178,16 @@ def _pack_worktree(
     return packed.digest, manifest, workdir
 
 
-def _worktree_files(repo_dir: Path, subpath: str, out_prefix: str, submodules: bool, out: list[fstree.FsFile]) -> None:
+def _worktree_files(
+    repo_dir: Path, subpath: str, out_prefix: str, submodules: bool, out: list[fstree.FsFile],
+    ex: Excluder | None = None, hidden: frozenset[str] | set[str] = frozenset(),
+) -> None:
+    """Tracked files as on disk (but not ``hidden`` ones), untracked ones git and ``ex`` keep; recursively."""
     strip = len(subpath) + 1 if subpath else 0
-    tracked, links_, untracked = gitrepo.ls_files(repo_dir, subpath)
+    tracked, links_, untracked = gitrepo.ls_files(repo_dir, subpath, ex.git_args(subpath) if ex else None)
     for path in (*tracked, *untracked):
+        if path in hidden:
+            continue
         if path.endswith("/"):  # an untracked nested repository: git itself does not look inside
             log.warning("%s: skipping %s, a nested git repository that is not a submodule", SETTING, path)
             continue
@@ -188,3 +208,24 @@ def _worktree_files(repo_dir: Path, subpath: str, out_prefix: str, submodules: b
                 "Run `git submodule update --init --recursive`, or set submodules=false to pack without it."
             )
         _worktree_files(sub_dir, "", f"{out_prefix}{path[strip:]}/", True, out)
+
+
+def _committed(repo_dir: Path, subpath: str, hidden: list[gitrepo.Change], tmp: Path) -> list[fstree.FsFile]:
+    """HEAD's version of excluded tracked files the working tree changed, written under ``tmp``.
+
+    Run through git's checkout filters (``cat-file --filters``: eol, LFS), as a checkout would.
+    """
+    strip = len(subpath) + 1 if subpath else 0
+    out = []
+    for i, c in enumerate(hidden):
+        if c.head_mode == "000000":  # staged but never committed: not code yet
+            continue
+        dest = tmp / str(i)
+        if c.head_mode == "120000":
+            os.symlink(os.fsdecode(gitrepo.blob(repo_dir, c.head_oid)), dest)
+        else:
+            data = gitrepo.git_out(["cat-file", "--filters", f"--path={c.path}", c.head_oid], repo_dir, f"{SETTING}.exclude")
+            dest.write_bytes(data)
+            dest.chmod(0o755 if c.head_mode == "100755" else 0o644)
+        out.append(fstree.FsFile(c.path[strip:], str(dest), os.lstat(dest)))
+    return out

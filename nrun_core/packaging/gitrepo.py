@@ -10,6 +10,7 @@ import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from nrun_core.errors import PackagingError
 
@@ -93,20 +94,70 @@ def object_type(repo: Path, oid: str) -> str:
     return git_out(["cat-file", "-t", oid], repo, SETTING).decode().strip()
 
 
-def status(toplevel: Path, subpath: str, submodules: bool) -> list[str]:
-    """Uncommitted paths (relative to the repository root; untracked directories end in '/')."""
-    args = [
-        "-c", "core.quotepath=off", "status", "--porcelain=v1", "-z", "--no-renames",
-        "--untracked-files=normal", f"--ignore-submodules={'none' if submodules else 'all'}",
-    ]
-    if subpath:
-        args += ["--", subpath]
-    out = git_out(args, toplevel, f"{SETTING}.on_dirty")
-    return sorted({rec[3:].decode(errors="surrogateescape") for rec in out.split(b"\0") if len(rec) > 3})
+class Rules(Protocol):
+    """What git needs of an ``exclude.Excluder``."""
+
+    def excluded(self, path: str) -> bool: ...
+    def git_args(self, prefix: str) -> list[str]: ...
 
 
-def ls_files(repo: Path, subpath: str) -> tuple[list[str], list[str], list[str]]:
-    """(tracked paths, gitlink paths, untracked non-ignored paths) under ``subpath``, repo-relative."""
+@dataclass(frozen=True)
+class Change:
+    """A tracked path that differs from HEAD; ``head_mode`` is "000000" when HEAD lacks it."""
+
+    path: str
+    head_mode: str
+    head_oid: str
+    submodule: bool
+
+
+def uncommitted(toplevel: Path, subpath: str, submodules: bool, ex: Rules | None = None) -> tuple[list[str], list[Change]]:
+    """(paths that make the tree dirty, tracked changes that ``ex`` excludes), repo-relative.
+
+    ``ex`` holds rules for the root at ``subpath``. Untracked paths come from ``ls-files``, not
+    ``status``, because only ls-files takes extra rules: a directory holding nothing but excluded
+    files is then not reported at all. Submodules are code and never excluded. Untracked
+    directories end in '/'.
+    """
+    spec = ["--", subpath] if subpath else []
+    out = git_out([
+        "-c", "core.quotepath=off", "status", "--porcelain=v2", "-z", "--no-renames", "--untracked-files=no",
+        f"--ignore-submodules={'none' if submodules else 'all'}", *spec,
+    ], toplevel, f"{SETTING}.on_dirty")
+    tracked = [_change(rec) for rec in out.split(b"\0") if rec[:2] in (b"1 ", b"u ")]
+    args = ex.git_args(subpath) if ex else []
+    others = git_out(
+        ["ls-files", "-z", "-o", "--exclude-standard", "--directory", "--no-empty-directory", *args, *spec],
+        toplevel, f"{SETTING}.on_dirty",
+    )
+    strip = len(subpath) + 1 if subpath else 0
+    hidden: list[Change] = []
+    dirty: set[str] = set()
+    for c in tracked:
+        if ex and not c.submodule and ex.excluded(c.path[strip:]):
+            hidden.append(c)
+        else:
+            dirty.add(c.path)
+    dirty.update(r.decode(errors="surrogateescape") for r in others.split(b"\0") if r)
+    return sorted(dirty), hidden
+
+
+def _change(rec: bytes) -> Change:
+    """One porcelain v2 record: ``1 XY sub mH mI mW hH hI path`` or ``u XY sub m1 m2 m3 mW h1 h2 h3 path``."""
+    if rec[:1] == b"1":
+        f = rec.split(b" ", 8)
+        mode, oid, path = f[3], f[6], f[8]
+    else:  # unmerged: HEAD's side is stage 2
+        f = rec.split(b" ", 10)
+        mode, oid, path = f[4], f[8], f[10]
+    return Change(path.decode(errors="surrogateescape"), mode.decode(), oid.decode(), f[2].startswith(b"S"))
+
+
+def ls_files(repo: Path, subpath: str, exclude_args: list[str] | None = None) -> tuple[list[str], list[str], list[str]]:
+    """(tracked paths, gitlink paths, untracked non-ignored paths) under ``subpath``, repo-relative.
+
+    ``exclude_args`` (``--exclude`` rules) leave untracked paths out; tracked ones are always listed.
+    """
     spec = ["--", subpath] if subpath else []
     tracked: dict[str, None] = {}
     gitlinks: list[str] = []
@@ -119,9 +170,16 @@ def ls_files(repo: Path, subpath: str) -> tuple[list[str], list[str], list[str]]
             gitlinks.append(name)
         else:
             tracked[name] = None
-    untracked = git_out(["ls-files", "-z", "-o", "--exclude-standard", *spec], repo, f"{SETTING}.on_dirty")
+    untracked = git_out(
+        ["ls-files", "-z", "-o", "--exclude-standard", *(exclude_args or []), *spec], repo, f"{SETTING}.on_dirty"
+    )
     others = [r.decode(errors="surrogateescape") for r in untracked.split(b"\0") if r]
     return list(tracked), sorted(set(gitlinks)), others
+
+
+def blob(repo: Path, oid: str) -> bytes:
+    """The content of a blob (a committed file, or a link's target)."""
+    return git_out(["cat-file", "blob", oid], repo, f"{SETTING}.exclude")
 
 
 def gitlinks(repo: Path, tree: str) -> list[tuple[str, str]]:

@@ -21,8 +21,11 @@ from nrun_core.packaging.manifest import build, file_rows
 SETTING = "hydra.launcher.packager"
 
 
-def pack(cfg: dict[str, Any], source_dir: Path, package: Callable[..., Any]) -> tuple[str, dict[str, Any], str]:
-    """``package`` packs one part config into an Artifact (the public ``package`` function)."""
+def pack(
+    cfg: dict[str, Any], source_dir: Path, extra_exclude: Any = (), *, package: Callable[..., Any]
+) -> tuple[str, dict[str, Any], str]:
+    """``package(part, source_dir=...)`` packs one part config into an Artifact; it applies the
+    launch's ``extra_exclude`` to every part, so this function does not use it itself."""
     arts = {key: _part(package, key, part, source_dir) for key, part in cfg["parts"].items()}
     prefixes = {key: "" if cfg["merge"] else key.strip("/") + "/" for key in arts}
     combined: dict[str, tuple[Entry, str]] = {}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from pathspec import GitIgnoreSpec
@@ -124,8 +125,11 @@ class Rules:
         return specs
 
 
-def workdir_files(base: Path) -> list[FsFile]:
-    """Every file and symlink under ``base`` that git's ignore rules keep; paths relative to base."""
+def workdir_files(base: Path, skip: Callable[[str, bool], bool] | None = None) -> list[FsFile]:
+    """Every file and symlink under ``base`` that git's ignore rules keep; paths relative to base.
+
+    ``skip(path, is_dir)`` (path relative to base) leaves out more; a skipped directory is not entered.
+    """
     rules = Rules(base)
     strip = len(rules.base_rel) + 1 if rules.base_rel else 0
     files: list[FsFile] = []
@@ -145,7 +149,7 @@ def workdir_files(base: Path) -> list[FsFile]:
                     continue
                 rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
                 is_dir = entry.is_dir(follow_symlinks=False)
-                if rules.ignored(rel, is_dir, specs):
+                if rules.ignored(rel, is_dir, specs) or (skip is not None and skip(rel[strip:], is_dir)):
                     continue
                 if is_dir:
                     stack.append((entry.path, rel, specs))

@@ -9,6 +9,7 @@ does not; excluded directories are not entered. ``.git`` entries are never packe
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from pathspec import PathSpec
@@ -17,8 +18,13 @@ from nrun_core.errors import PackagingError
 from nrun_core.packaging.fstree import FsFile
 
 
-def pattern_files(base: Path, include: list[str], exclude: list[str]) -> list[FsFile]:
-    """Files and symlinks under ``base`` selected by the globs; paths relative to base."""
+def pattern_files(
+    base: Path, include: list[str], exclude: list[str], skip: Callable[[str, bool], bool] | None = None
+) -> list[FsFile]:
+    """Files and symlinks under ``base`` selected by the globs; paths relative to base.
+
+    ``skip(path, is_dir)`` leaves out more (the launch's output dirs); a skipped directory is not entered.
+    """
     inc = PathSpec.from_lines("gitignore", include)
     exc = PathSpec.from_lines("gitignore", exclude)
     files: list[FsFile] = []
@@ -34,7 +40,10 @@ def pattern_files(base: Path, include: list[str], exclude: list[str]) -> list[Fs
                 if entry.name == ".git":
                     continue
                 rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-                if entry.is_dir(follow_symlinks=False):
+                is_dir = entry.is_dir(follow_symlinks=False)
+                if skip is not None and skip(rel, is_dir):
+                    continue
+                if is_dir:
                     if not exc.match_file(rel + "/"):
                         stack.append((entry.path, rel))
                 elif entry.is_file(follow_symlinks=False) or entry.is_symlink():
