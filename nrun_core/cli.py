@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
 
 # -- commands -----------------------------------------------------------------------------
 def cmd_list(args: argparse.Namespace) -> int:
-    store = Store()
+    store = Store(create=False)
     rows = []
     for sw in store.sweeps(args.n):
         sw = _fresh(store, sw)
@@ -87,7 +87,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    store = Store()
+    store = Store(create=False)
     sw = _fresh(store, store.sweep(args.sweep))
     points = store.points(sw["id"])
     if args.json:
@@ -104,15 +104,22 @@ def cmd_status(args: argparse.Namespace) -> int:
         rows.append([str(p["idx"]), p["state"], p["backend_id"] or "", took, " ".join(p["overrides"]),
                      (detail or "")[:70]])
     _table(["#", "STATE", "BACKEND ID", "TIME", "OVERRIDES", "RESULT / ERROR"], rows)
+    if not points and sw["state"] in TERMINAL:
+        from nrun_core.store import NO_POINTS
+
+        print(f"({NO_POINTS})")
     return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    store = Store()
+    store = Store(create=False)
     sw = store.sweep(args.sweep)
     points = [store.point(sw["id"], args.point)] if args.point is not None else store.points(sw["id"])
     key = "stderr" if args.stderr else "stdout"
-    files = {p["idx"]: p[key] for p in points if p[key]}
+    from nrun_core.reconcile import control
+
+    ctl = control(sw)  # where the logs are: here, or on a host without a shared filesystem
+    files = {p["idx"]: ctl.logs(p, key) for p in points if p[key]}
     prefix = len(files) > 1
     offsets = {i: 0 for i in files}
     while True:
@@ -130,10 +137,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from nrun_core.executors import executor_class
-    from nrun_core.reconcile import supervised
+    from nrun_core.reconcile import control, supervised
 
-    store = Store()
+    store = Store(create=False)
     sw = store.sweep(args.sweep)
     indices: Optional[List[int]] = args.points or None
     for i in indices or []:
@@ -147,9 +153,12 @@ def cmd_cancel(args: argparse.Namespace) -> int:
                 break
             time.sleep(0.2)
     else:  # nobody watches the sweep: stop the points ourselves
-        cls = executor_class(sw["executor"])
         live = [p for p in store.points(sw["id"]) if wanted(p) and p["state"] not in TERMINAL]
-        cls.cancel_recorded(sw, [p for p in live if p["state"] == "RUNNING"])
+        ctl = control(sw)
+        try:
+            ctl.cancel([p for p in live if p["state"] != "PENDING"])
+        finally:
+            ctl.close()
         for p in live:
             store.update_point(sw["id"], p["idx"], state="CANCELLED", ended=time.time(),
                                error="cancelled by nrun cancel", detail="cancelled by nrun cancel (unsupervised)")
@@ -164,8 +173,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from nrun_core.shell import join
+    from nrun_core.spec import JobSpec
 
-    store = Store()
+    store = Store(create=False)
     sw = store.sweep(args.sweep)
     points = [store.point(sw["id"], args.point)] if args.point is not None else store.points(sw["id"])
     if args.json:
@@ -186,7 +196,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     for p in points:
         spec = json.loads(p["spec"]) if p["spec"] else {}
         print(f"\n#{p['idx']} {p['state']}  {' '.join(p['overrides'])}")
-        print(f"  job dir: {spec.get('job_dir')}\n  command: {join(spec.get('command') or [])}")
+        print(f"  job dir: {spec.get('job_dir')}\n  command: {' '.join(spec.get('command') or [])}")
+        if spec.get("job_dir"):
+            payload = JobSpec.from_json(p["spec"]).payload_file
+            print(f"  payload: {payload} (the composed config and task function the point runtime runs)")
         for ev in store.events(sw["id"], p["idx"]):
             print(f"  {time.strftime('%H:%M:%S', time.localtime(ev['time']))} {ev['state']:<9} {ev['detail'] or ''}")
     return 0
@@ -242,22 +255,58 @@ def _public(row: Dict[str, Any], spec: bool = False) -> Dict[str, Any]:
     return out
 
 
-def _print_new(path: str, offset: int, prefix: str) -> int:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            data = f.read()
-    except FileNotFoundError:
-        return offset
-    if not data:
-        return offset
-    keep = data if not prefix else data[: data.rfind(b"\n") + 1]
-    text = keep.decode(errors="replace")
-    if prefix:
-        text = "".join(prefix + line for line in text.splitlines(keepends=True))
-    sys.stdout.write(text)
+LOG_CHUNK = 1 << 20  # logs can be gigabytes: read, decode and print them a chunk at a time
+
+
+def _print_new(source: Any, offset: int, prefix: str) -> int:
+    """Print what the log source holds from `offset` on; return the offset reached.
+
+    With a prefix (several points' logs interleaved) only whole lines are printed, each prefixed;
+    a line longer than a chunk comes in pieces, the prefix on its first. Chunks end on whole
+    UTF-8 characters, so the text is the same as decoding the file at once.
+    """
+    at_line_start = True
+    if prefix and offset:
+        at_line_start = source.read(offset - 1, 1) == b"\n"
+    rest = b""
+    pos = offset
+    while True:
+        data = source.read(pos, LOG_CHUNK)
+        if not data:
+            break
+        pos += len(data)
+        buf = rest + data
+        cut = buf.rfind(b"\n") + 1 if prefix else 0
+        if not cut and (not prefix or len(buf) >= LOG_CHUNK):
+            cut = _utf8_cut(buf)
+        if cut:
+            _write_log(buf[:cut], prefix, at_line_start)
+            at_line_start = buf[cut - 1] == 0x0A
+            offset += cut
+        rest = buf[cut:]
+    if rest and not prefix:  # a broken character at the very end: printed as U+FFFD, like before
+        _write_log(rest, "", True)
+        offset += len(rest)
     sys.stdout.flush()
-    return offset + len(keep)
+    return offset
+
+
+def _utf8_cut(buf: bytes) -> int:
+    """Length of `buf` without a trailing, still incomplete UTF-8 character."""
+    for back in range(1, min(4, len(buf)) + 1):
+        b = buf[-back]
+        if b & 0xC0 != 0x80:  # not a continuation byte: the last character starts here
+            need = 2 if b >= 0xC0 and b < 0xE0 else 3 if 0xE0 <= b < 0xF0 else 4 if 0xF0 <= b < 0xF8 else 1
+            return len(buf) - back if back < need else len(buf)
+    return len(buf)
+
+
+def _write_log(data: bytes, prefix: str, at_line_start: bool) -> None:
+    text = data.decode(errors="replace")
+    if prefix:
+        lines = text.splitlines(keepends=True)
+        text = "".join(("" if i == 0 and not at_line_start else prefix) + line for i, line in enumerate(lines))
+    sys.stdout.write(text)
 
 
 def _ago(t: Optional[float]) -> str:

@@ -16,7 +16,9 @@ PLUGIN = "hydra_plugins.nrun_launcher.nrun_launcher"
 class NrunConf:
     """Options every nrun launcher understands (``hydra.launcher.<name>=...``)."""
 
-    _target_: str = ""
+    _target_: str = f"{PLUGIN}.NrunLauncher"
+    # The executor this config selects (set by the registry; not a user setting).
+    _executor_: str = ""
     # Submit and wait (true), or submit and return at once; follow with `nrun status/logs`.
     wait: bool = True
     # Print the exact request of every point (command, script, spec) and submit nothing.
@@ -50,7 +52,6 @@ class NrunConf:
 class LocalConf(NrunConf):
     """`hydra/launcher=nrun_local`: points as isolated processes on this machine."""
 
-    _target_: str = f"{PLUGIN}.NrunLocalLauncher"
     # fork: run the task in a forked child of the launcher (cheapest; needs the direct launcher
     # and the passthrough packager); command: run `python app.py <overrides>` as a subprocess;
     # auto: fork when possible, command otherwise (torchrun, a packaged snapshot).
@@ -89,7 +90,6 @@ class SlurmConf(NrunConf):
     in its state directory, as for any sbatch.
     """
 
-    _target_: str = f"{PLUGIN}.NrunSlurmLauncher"
     # inprocess: each array task runs the task function in submitit's worker with the config
     # composed here (one Python per point, no second composition: the cheapest); command: each
     # task runs `python app.py <overrides>`; auto: inprocess for one-process points
@@ -154,7 +154,6 @@ class SlurmConf(NrunConf):
 class DockerConf(NrunConf):
     """`hydra/launcher=nrun_docker`: each point in its own container(s) on a Docker engine."""
 
-    _target_: str = f"{PLUGIN}.NrunDockerLauncher"
     # Image to run (required), e.g. "python:3.11" or "nvcr.io/nvidia/pytorch:24.05-py3".
     image: Optional[str] = None
     # Python inside the image; it replaces the launcher's own interpreter in the point's command.

@@ -29,3 +29,7 @@ class SandboxError(NrunError):
 
 class PointFailed(NrunError):
     """A sweep point ended in failure; carries the point's own error text and log paths."""
+
+
+class StoreError(NrunError):
+    """The job store (NRUN_HOME/nrun.db) is missing, corrupt, locked or on a full disk too long."""

@@ -52,23 +52,62 @@ def kill_group(pgid: int, grace_s: float = 5.0) -> None:
 
 
 def tagged_pids(token: str) -> list[int]:
-    """Processes whose environment carries ``NRUN_TOKEN=<token>``.
+    """Processes carrying the point's token: ``NRUN_TOKEN=<token>`` in their environment, or
+    the point's process name (``comm_tag``) for processes forked without exec.
 
-    torchrun starts each worker in its own session, so a process-group kill misses them; every
-    process of a point inherits the token, which finds them wherever they moved.
+    torchrun starts each worker in its own session and daemons start their own, so a
+    process-group kill misses them; every process of a point inherits the token, which finds
+    them wherever they moved. A fork-mode point sets the token in os.environ, which
+    /proc/PID/environ does not show, hence the name, which fork inherits.
     """
     needle = f"NRUN_TOKEN={token}\0".encode()
+    name = comm_tag(token).encode()
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
+            with open(f"/proc/{entry}/comm", "rb") as f:
+                if f.read().strip() == name:
+                    found.append(int(entry))
+                    continue
             with open(f"/proc/{entry}/environ", "rb") as f:
                 if needle in f.read() + b"\0":
                     found.append(int(entry))
         except OSError:
             continue
     return found
+
+
+def comm_tag(token: str) -> str:
+    """A 15-character process name derived from the token (the kernel keeps 15)."""
+    import hashlib
+
+    return "nrun-" + hashlib.sha256(token.encode()).hexdigest()[:10]
+
+
+def set_comm(name: str) -> None:
+    """Name this process (/proc/PID/comm); children forked without exec inherit it."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
+def snapshot(pids: list[int]) -> list[tuple[int, Optional[str]]]:
+    """(pid, start time) pairs: an identity that survives pid reuse."""
+    return [(p, start_time(p)) for p in pids]
+
+
+def kill_snapshot(procs: list[tuple[int, Optional[str]]], sig: int = signal.SIGKILL) -> None:
+    for pid, started in procs:
+        if started is not None and alive(pid, started):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
 
 
 def kill_tagged(token: str) -> int:

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 from nrun_core.store import COMPLETED, PENDING, RUNNING, TERMINAL
 
 _STYLE = {"COMPLETED": "green", "FAILED": "red", "TIMEOUT": "red", "LOST": "red",
-          "CANCELLED": "yellow", "RUNNING": "cyan", "PENDING": "dim"}
+          "CANCELLED": "yellow", "RUNNING": "cyan", "QUEUED": "blue", "PENDING": "dim"}
 
 
 @dataclass
@@ -114,7 +114,8 @@ def _pick_rows(rows: List[Row], limit: int) -> List[Row]:
     """Running first, then failures, then the most recent others: what a user wants to see."""
     if len(rows) <= limit:
         return rows
-    order = {RUNNING: 0, "FAILED": 1, "TIMEOUT": 1, "LOST": 1, "CANCELLED": 2, PENDING: 3, COMPLETED: 4}
+    order = {RUNNING: 0, "FAILED": 1, "TIMEOUT": 1, "LOST": 1, "CANCELLED": 2, "QUEUED": 3, PENDING: 3,
+             COMPLETED: 4}
     picked = sorted(rows, key=lambda r: (order.get(r.state, 5), -(r.ended or 0), r.idx))[:limit]
     return sorted(picked, key=lambda r: r.idx)
 

@@ -8,6 +8,7 @@ the result file each point leaves in its job dir.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
@@ -16,7 +17,7 @@ from nrun_core.executors.base import Ended, Executor, Started
 from nrun_core.progress import Row, View
 from nrun_core.runtime.result import COMPLETED as R_COMPLETED, read_result
 from nrun_core.spec import JobSpec
-from nrun_core.store import (CANCELLED, COMPLETED, FAILED, LOST, PENDING, RUNNING, TIMEOUT,
+from nrun_core.store import (CANCELLED, COMPLETED, FAILED, LOST, PENDING, QUEUED, RUNNING, TIMEOUT,
                              TERMINAL, Store)
 
 CANCEL_CHECK_S = 0.5
@@ -31,8 +32,16 @@ class Outcome:
     exit_code: Optional[int] = None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM reached the launcher or supervisor: handled exactly like Ctrl-C."""
+
+
 class Interrupted(Exception):
-    """The user pressed Ctrl-C; the points were cancelled and recorded as such."""
+    """Ctrl-C or SIGTERM; the points were cancelled and recorded as such."""
+
+    def __init__(self, why: str, exit_code: int) -> None:
+        super().__init__(why)
+        self.why, self.exit_code = why, exit_code
 
 
 def settle(spec: JobSpec, ended: Ended) -> Outcome:
@@ -44,7 +53,7 @@ def settle(spec: JobSpec, ended: Ended) -> Outcome:
                        exit_code=ended.exit_code)
     if ended.reason == "lost":
         return Outcome(LOST, error=ended.detail or "lost", exit_code=ended.exit_code)
-    result = read_result(spec.result_file)
+    result = read_result(spec.result_file, expect=spec.identity)
     if result and result["status"] == R_COMPLETED and ended.exit_code in (0, None):
         return Outcome(COMPLETED, value=result.get("value"), exit_code=ended.exit_code)
     if result and result["status"] != R_COMPLETED:
@@ -61,53 +70,75 @@ class Runner:
         self.specs = {s.index: s for s in specs}
         self.rows, self.view, self.retries = rows, view, retries
         self.outcomes: Dict[int, Outcome] = {}
-        self._attempts: Dict[int, int] = {i: 0 for i in self.specs}
+        # Attempts already made (a detached supervisor continues what the launcher submitted)
+        self._attempts: Dict[int, int] = {i: rows[i].attempt if i in rows else 0 for i in self.specs}
+        self._retry_at: Dict[int, float] = {}   # point → when its next attempt starts
 
     def submit(self) -> None:
-        for spec in self.specs.values():
-            _clear_result(spec)
-        self.executor.start(list(self.specs.values()))
+        """Hand every point to the executor and record what it reports at once (the backend's
+        ids): Ctrl-C and SIGTERM wait until then, so no submitted point goes unrecorded."""
+        try:
+            with deferred_signals():
+                for spec in self.specs.values():
+                    _clear_result(spec)
+                self.executor.start(list(self.specs.values()))
+                for event in self.executor.poll(timeout=0):
+                    self._apply(event)
+        except KeyboardInterrupt as exc:
+            self.stop(exc)
 
     def run(self, submitted: bool = False) -> Dict[int, Outcome]:
         if not submitted:
             self.submit()
         next_check = time.monotonic() + CANCEL_CHECK_S
         try:
-            while self.executor.busy():
-                for event in self.executor.poll(timeout=0.25):
+            while self.executor.busy() or self._retry_at:
+                self._start_due_retries()
+                if self.executor.busy():
+                    events = self.executor.poll(timeout=self._poll_timeout())
+                else:  # only retries waiting for their time
+                    events = []
+                    time.sleep(self._poll_timeout())
+                for event in events:
                     self._apply(event)
                 if time.monotonic() >= next_check:
                     self._honour_cancel_requests()
                     next_check = time.monotonic() + CANCEL_CHECK_S
                 self.view.tick()
-        except KeyboardInterrupt:
-            self._interrupt()
-            raise Interrupted() from None
+        except KeyboardInterrupt as exc:
+            self.stop(exc)
         return self.outcomes
 
     def _apply(self, event: Any) -> None:
         row = self.rows[event.idx]
         if isinstance(event, Started):
-            self._attempts[event.idx] += 1
-            row.state, row.started, row.ended, row.detail = RUNNING, event.time, None, ""
+            if event.queued or row.state != QUEUED:  # a new attempt (a queued one starting is not)
+                self._attempts[event.idx] += 1
             row.attempt = self._attempts[event.idx]
-            self.store.update_point(self.sweep_id, event.idx, state=RUNNING, backend_id=event.backend_id,
-                                    pid=event.pid, pid_start=event.pid_start, started=row.started,
-                                    attempts=row.attempt, detail=f"started as {event.backend_id}")
+            if event.queued:  # at the backend, not running: no clock yet
+                row.state, row.started, row.ended, row.detail = QUEUED, None, None, ""
+                self.store.update_point(self.sweep_id, event.idx, state=QUEUED, backend_id=event.backend_id,
+                                        attempts=row.attempt, detail=f"queued as {event.backend_id}")
+            else:
+                row.state, row.started, row.ended, row.detail = RUNNING, event.time, None, ""
+                self.store.update_point(self.sweep_id, event.idx, state=RUNNING, backend_id=event.backend_id,
+                                        pid=event.pid, pid_start=event.pid_start, started=row.started,
+                                        attempts=row.attempt, detail=f"started as {event.backend_id}")
         elif isinstance(event, Ended):
             spec = self.specs[event.idx]
-            if row.state != RUNNING:  # ended without ever starting (e.g. could not be spawned)
+            if row.state not in (RUNNING, QUEUED):  # ended without ever starting (e.g. could not be spawned)
                 self._attempts[event.idx] += 1
                 row.attempt = self._attempts[event.idx]
             outcome = settle(spec, event)
             row.ended = event.time
             if outcome.state in (FAILED, TIMEOUT) and self._attempts[event.idx] <= self.retries:
-                row.state, row.detail = PENDING, f"retry {self._attempts[event.idx]}/{self.retries}: {outcome.error}"
+                delay = retry_delay(self._attempts[event.idx])
+                row.state = PENDING
+                row.detail = f"retry {self._attempts[event.idx]}/{self.retries} in {delay:g}s: {outcome.error}"
                 self.store.update_point(self.sweep_id, event.idx, state=PENDING, exit_code=outcome.exit_code,
                                         error=outcome.error, detail=row.detail)
                 self.view.changed(row)
-                _clear_result(spec)
-                self.executor.start([spec])
+                self._retry_at[event.idx] = time.monotonic() + delay
                 return
             self.outcomes[event.idx] = outcome
             row.state = outcome.state
@@ -119,22 +150,50 @@ class Runner:
                 detail=outcome.error)
         self.view.changed(row)
 
+    def stop(self, exc: KeyboardInterrupt) -> None:
+        """Ctrl-C or SIGTERM: cancel what was started, record it, raise Interrupted."""
+        why = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
+        self._interrupt(why)
+        raise Interrupted(why, 143 if why == "SIGTERM" else 130) from None
+
+    def _start_due_retries(self) -> None:
+        now = time.monotonic()
+        due = [i for i, t in self._retry_at.items() if t <= now]
+        for idx in due:
+            del self._retry_at[idx]
+            _clear_result(self.specs[idx])
+        if due:
+            self.executor.start([self.specs[i] for i in due])
+
+    def _poll_timeout(self) -> float:
+        if not self._retry_at:
+            return 0.25
+        return max(0.0, min(0.25, min(self._retry_at.values()) - time.monotonic()))
+
+    def _cancel_retries(self, indices: Optional[List[int]], why: str) -> None:
+        for idx in [i for i in self._retry_at if indices is None or i in indices]:
+            del self._retry_at[idx]
+            self._apply(Ended(idx=idx, reason="cancelled", detail=f"cancelled by {why} before its retry"))
+
     def _honour_cancel_requests(self) -> None:
         """`nrun cancel` from another shell marks points in the store; stop them here."""
         wanted = [p["idx"] for p in self.store.points(self.sweep_id)
                   if p["cancel_requested"] and p["idx"] in self.specs and p["idx"] not in self.outcomes]
         if wanted:
+            self._cancel_retries(wanted, "nrun cancel")
             self.executor.cancel(wanted)
 
-    def _interrupt(self) -> None:
-        self.view.message("[nrun] Ctrl-C: cancelling the points of this sweep (Ctrl-C again to stop waiting)")
+    def _interrupt(self, why: str) -> None:
+        self.view.message(f"[nrun] {why}: cancelling the points of this sweep (Ctrl-C again to stop waiting)")
+        self._cancel_retries(None, why)
         self.executor.cancel(None)
         try:
             while self.executor.busy():
                 for event in self.executor.poll(timeout=0.25):
-                    if isinstance(event, Ended) and event.reason == "exited" and event.exit_code != 0:
+                    if isinstance(event, Ended) and (event.reason == "cancelled" or
+                                                     (event.reason == "exited" and event.exit_code != 0)):
                         event.reason = "cancelled"
-                        event.detail = event.detail or "cancelled by Ctrl-C"
+                        event.detail = f"cancelled by {why}" + (f" ({event.detail})" if event.detail else "")
                     self._apply(event)
                 self.view.tick()
         except KeyboardInterrupt:
@@ -143,7 +202,35 @@ class Runner:
             if idx in self.specs and row.state not in TERMINAL:
                 row.state = CANCELLED
                 self.store.update_point(self.sweep_id, idx, state=CANCELLED, ended=time.time(),
-                                        detail="cancelled by Ctrl-C")
+                                        detail=f"cancelled by {why}")
+
+
+class deferred_signals:
+    """SIGINT and SIGTERM held back for a critical section (a submission and its record), then
+    delivered: the handlers are swapped for recorders, not blocked, because other threads (the
+    Docker executor's) would receive a blocked signal instead. Main thread only."""
+
+    def __enter__(self) -> "deferred_signals":
+        self.got: List[int] = []
+        self.saved: Dict[int, Any] = {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.saved[sig] = signal.signal(sig, lambda num, frame: self.got.append(num))
+        except ValueError:  # not the main thread: nothing to defer
+            pass
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+        if self.got:
+            os.kill(os.getpid(), self.got[0])  # now, with the real handler in place
+
+
+def retry_delay(attempt: int) -> float:
+    """Seconds before the next attempt: 1, 2, 4, ... up to a minute (a failing dependency gets
+    time to come back; a hopeless point does not burn its retries in a second)."""
+    return float(min(60, 2 ** max(0, attempt - 1)))
 
 
 def _clear_result(spec: JobSpec) -> None:

@@ -1,7 +1,9 @@
-"""A sweep point as plain data: what to run, where, with what, and where its files go.
+"""A sweep point as plain data: what to run, with what, and where its files go.
 
-No pickles of live objects: a JobSpec is JSON, so it can be stored, shown by `nrun show`,
-diffed, and sent to a container or a host whose Python differs from the launcher's.
+No pickles of live objects and no paths of the machine that runs it: the command is a template
+(``{python} {runtime} {payload}``, wrapped by the launcher) whose words each backend resolves
+for the machine the point lands on (``nrun_core.placement``). A JobSpec is JSON, so it can be
+stored, shown by `nrun show`, diffed, and sent anywhere.
 """
 
 from __future__ import annotations
@@ -11,15 +13,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+PYTHON = "{python}"      # the interpreter where the point runs
+RUNTIME = "{runtime}"    # the point runtime (nrun_core/runtime/point.py) there
+PAYLOAD = "{payload}"    # the point's payload file there
+BASE_COMMAND = [PYTHON, RUNTIME, PAYLOAD]
+
 
 @dataclass
 class JobSpec:
     sweep_id: str
     index: int                      # hydra.job.num: the point's number in the sweep
     overrides: List[str]            # the point's Hydra overrides, verbatim
-    job_dir: str                    # Hydra's output dir of the point (sweep dir / subdir)
-    command: List[str]              # argv that runs the point (after the launcher wrapped it)
-    workdir: str                    # where the command starts
+    job_dir: str                    # Hydra's output dir of the point (sweep dir / subdir), as composed
+    command: List[str] = field(default_factory=lambda: list(BASE_COMMAND))  # template, see above
+    workdir: str = "."              # where the command starts, relative to the code dir
+    code_dir: Optional[str] = None  # passthrough: the tree the points run from (None: the artifact)
     env: Dict[str, str] = field(default_factory=dict)
     secret_env: List[str] = field(default_factory=list)   # names only, values never stored
     nodes: int = 1
@@ -28,11 +36,20 @@ class JobSpec:
     timeout_s: Optional[float] = None
     artifact: Optional[str] = None  # digest of the packaged code, None for passthrough
     launcher: str = "direct"
+    # Ties the point's result to these exact overrides; kept when stored overrides are redacted.
+    overrides_digest: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.overrides_digest:
+            from nrun_core.runtime.point import overrides_digest
+
+            self.overrides_digest = overrides_digest(self.overrides)
 
     @property
     def nrun_dir(self) -> Path:
-        """nrun's own files of the point (result, runtime state) inside Hydra's job dir."""
-        return Path(self.job_dir) / ".nrun"
+        """nrun's own files of the point in this sweep: never shared with another sweep that
+        writes into the same job dir."""
+        return Path(self.job_dir) / ".nrun" / self.sweep_id
 
     @property
     def stdout(self) -> str:
@@ -46,12 +63,22 @@ class JobSpec:
     def result_file(self) -> str:
         return str(self.nrun_dir / "result.json")
 
+    @property
+    def payload_file(self) -> str:
+        return str(self.nrun_dir / "point.json")
+
+    @property
+    def identity(self) -> Dict[str, Any]:
+        return {"sweep_id": self.sweep_id, "index": int(self.index), "overrides": self.overrides_digest}
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "JobSpec":
-        return cls(**json.loads(text))
+        data = json.loads(text)
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
     def as_dict(self) -> Dict[str, Any]:
         return asdict(self)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 APPS = ROOT / "tests" / "apps"
 PYTHON = sys.executable
 NRUN = [PYTHON, "-m", "nrun_core.cli"]
+
+
+def interruptible() -> None:
+    """preexec_fn of a launcher a test will Ctrl-C: SIGINT's default disposition, whatever the
+    suite inherited (a suite started as a background job inherits SIGINT ignored, and Python
+    then never raises KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture

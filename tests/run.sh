@@ -20,9 +20,15 @@ fi
 . .venv/bin/activate
 pip install -q --disable-pip-version-check -e ".[test,bench]" --config-settings editable_mode=compat \
     2>&1 | grep -v "is ignored: it is neither" || true
-python -c 'import hydra_plugins.nrun_launcher, nrun_core.cli' || { echo "nrun did not install" >&2; exit 1; }
+# The example executor of another package (entry point `nrun.executors`): the conformance suite
+# runs every scenario on it too.
+pip install -q --disable-pip-version-check --no-deps -e examples/executor_plugin --config-settings editable_mode=compat \
+    2>&1 | grep -v "is ignored: it is neither" || true
+python -c 'import hydra_plugins.nrun_launcher, nrun_core.cli, nrun_example_executor' || { echo "nrun did not install" >&2; exit 1; }
 
-require=torch
+# The Docker sandbox also builds its cached torch image (the multi-node torchrun tests need it).
+export NRUN_SANDBOX_TORCH="${NRUN_SANDBOX_TORCH:-1}"
+require=torch,executor-plugin
 for box in ${NRUN_SANDBOXES:-slurm docker ssh}; do
     echo "--- nrun sandbox $box up"
     start=$(date +%s)

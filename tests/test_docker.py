@@ -7,7 +7,6 @@ listing that none of its sweep's containers is left behind.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,14 +18,13 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
-from conftest import APPS, PYTHON, nrun, states, status_json
+from conftest import APPS, PYTHON, nrun, states, status_json, interruptible
 from docker_fixtures import docker_client, docker_env, docker_sandbox, docker_torch_image  # noqa: F401
 
 pytestmark = pytest.mark.docker
 
 DOCKER = "hydra/launcher=nrun_docker"
 SANDBOX_LABEL = '++hydra.launcher.labels={nrun.sandbox:"1"}'
-TRICKY = """a b; $(touch /tmp/nrun_pwned) `x` 'q' "dq" $HOME"""
 
 OOM_APP = """\
 import hydra
@@ -84,26 +82,6 @@ def _wait_for(cond, timeout: float = 90, step: float = 0.2) -> None:
 
 
 # ------------------------------------------------------------------------------ the bars
-def test_six_point_sweep_returns_real_values_to_the_sweeper(docker_env, docker_client, home, proj, tmp_path):
-    record = tmp_path / "record.json"
-    proc = run(proj, "hydra/sweeper=nrun_test_record", "hydra.sweeper.max_batch_size=6", "x=1,2,3,4,5,6",
-               "hydra.launcher.max_parallel=3",
-               env={"RECORD_FILE": str(record), "PYTHONPATH": str(APPS)}, check=True)
-    seen = json.loads(record.read_text())
-    assert [r["value"]["square"] for r in seen] == [1, 4, 9, 16, 25, 36]
-    assert all(r["status"] == "COMPLETED" for r in seen)
-    st = status_json()
-    sweep_id = st["sweep"]["id"]
-    assert {p["idx"]: p["state"] for p in st["points"]} == {i: "COMPLETED" for i in range(6)}
-    assert all(p["backend_id"] == f"nrun-{sweep_id}-{p['idx']}-0" for p in st["points"])
-    # logs came back through the job dir; the code ran from the packaged snapshot, not the tree
-    assert "point x=5" in (tmp_path / "multirun" / "4" / "stdout.log").read_text()
-    assert "to-stderr" in (tmp_path / "multirun" / "4" / "stderr.log").read_text()
-    assert nrun("logs", sweep_id, "2").stdout.startswith("point x=3")
-    assert st["sweep"]["artifact"]["packager"]["name"] == "workdir"
-    assert leftovers(docker_client, sweep_id) == []
-    assert proc.returncode == 0
-
 
 def test_failures_are_isolated_named_and_leave_nothing(docker_env, docker_client, home, proj, tmp_path):
     proc = run(proj, "action=ok,raise,exit,sleep", "seconds=60", "hydra.launcher.timeout_s=4",
@@ -154,34 +132,9 @@ def test_torchrun_all_reduce_across_two_containers(docker_env, docker_client, do
     assert leftovers(docker_client, sweep_id) == []
 
 
-def test_detached_sweep_streams_logs_and_cancel_removes_every_container(docker_env, docker_client, home, proj):
-    t0 = time.monotonic()
-    proc = run(proj, "action=sleep", "seconds=120", "x=1,2,3", "hydra.launcher.wait=false",
-               "hydra.launcher.max_parallel=2", "hydra.launcher.mem_limit=256m", "hydra.launcher.cpus=0.5",
-               "hydra.launcher.shm_size=32m", "++hydra.launcher.ulimits={nofile:'1024:2048'}", check=True)
-    assert time.monotonic() - t0 < 60 and "nrun status" in proc.stderr
-    sweep_id = status_json()["sweep"]["id"]
-    _wait_for(lambda: list(states().values()).count("RUNNING") == 2)
-    # logs stream live: the point printed before sleeping, and `nrun logs` shows it now
-    _wait_for(lambda: "point x=1" in nrun("logs", sweep_id, "0").stdout, timeout=30)
-    # the engine runs what the dry run would print
-    c = docker_client.containers.get(f"nrun-{sweep_id}-0-0")
-    hc = c.attrs["HostConfig"]
-    assert hc["Init"] is True and hc["Memory"] == 256 * 2**20 and hc["MemorySwap"] == 256 * 2**20
-    assert hc["NanoCpus"] == 500_000_000 and hc["ShmSize"] == 32 * 2**20
-    assert hc["Ulimits"] == [{"Name": "nofile", "Soft": 1024, "Hard": 2048}]
-    assert {m["Destination"]: m["RW"] for m in c.attrs["Mounts"]}["/nrun/code"] is False  # code is read-only
-    assert c.labels["nrun.sandbox"] == "1" and c.labels["nrun.point"] == "0"
-    out = nrun("cancel", sweep_id, timeout=90)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert set(states(sweep_id).values()) == {"CANCELLED"}
-    assert status_json(sweep_id)["sweep"]["state"] == "CANCELLED"
-    assert leftovers(docker_client, sweep_id) == []
-
-
 def test_ctrl_c_cancels_and_removes_the_containers(docker_env, docker_client, home, proj, tmp_path):
     image = os.environ["NRUN_SANDBOX_IMAGE"]
-    launcher = subprocess.Popen(
+    launcher = subprocess.Popen(preexec_fn=interruptible, args=
         [PYTHON, "sweep_app.py", "-m", DOCKER, f"hydra.launcher.image={image}", SANDBOX_LABEL,
          "action=sleep", "seconds=120", "x=1,2,3", "hydra.launcher.max_parallel=2",
          f"hydra.sweep.dir={tmp_path}/multirun"],
@@ -210,30 +163,6 @@ def test_cancel_from_another_shell_when_the_supervisor_is_gone(docker_env, docke
 
 
 # ------------------------------------------------------------------------------ data paths
-def test_overrides_env_and_secrets_reach_the_container_and_secrets_stay_off_disk(
-        docker_env, docker_client, home, proj, tmp_path):
-    Path("/tmp/nrun_pwned").unlink(missing_ok=True)
-    secret = "s3cr3t-docker-9b2e"
-    hydra_value = "'" + TRICKY.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    proc = run(proj, "action=env", "env_names=[PLAIN,MY_TOKEN,NRUN_POINT,PREFIXED]", "x=1,2",
-               f"+msg2={hydra_value}", "++hydra.launcher.env={PLAIN:hello}", "hydra.launcher.secret_env=[MY_TOKEN]",
-               "hydra.launcher.command_prefix=[env,'PREFIXED=yes']", env={"MY_TOKEN": secret}, check=True)
-    digest = "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:16]
-    values = [p["value_repr"] for p in status_json()["points"]]
-    assert values == [f"{{'PLAIN': 'hello', 'MY_TOKEN': '{digest}', 'NRUN_POINT': '{i}', 'PREFIXED': 'yes'}}"
-                      for i in (0, 1)]
-    cfg = (tmp_path / "multirun" / "0" / ".hydra" / "config.yaml").read_text()
-    assert "msg2:" in cfg and "nrun_pwned" in cfg                       # verbatim, never run by a shell
-    assert not Path("/tmp/nrun_pwned").exists()
-    for path in [*home.rglob("*"), *(tmp_path / "multirun").rglob("*")]:
-        if path.is_file():
-            assert secret.encode() not in path.read_bytes(), path
-    assert secret not in proc.stdout + proc.stderr
-    dry = run(proj, "x=1", "hydra.launcher.secret_env=[MY_TOKEN]", "hydra.launcher.dry_run=true",
-              env={"MY_TOKEN": secret}, check=True)
-    assert "--env MY_TOKEN " in dry.stdout and secret not in dry.stdout
-    assert leftovers(docker_client, status_json()["sweep"]["id"]) == []
-
 
 def test_files_written_by_the_container_belong_to_the_configured_user(docker_env, docker_client, home, proj,
                                                                       tmp_path):
@@ -243,7 +172,7 @@ def test_files_written_by_the_container_belong_to_the_configured_user(docker_env
     p = status_json()["points"][0]
     assert p["state"] == "COMPLETED" and p["value_repr"] == "'/nrun/code'"
     job = tmp_path / "multirun" / "0"
-    written = [job / "stdout.log", job / "stderr.log", job / ".nrun" / "result.json",
+    written = [job / "stdout.log", job / "stderr.log", job / ".nrun" / status_json()["sweep"]["id"] / "result.json",
                job / ".hydra" / "config.yaml"]
     assert {(f.stat().st_uid, f.stat().st_gid) for f in written} == {(4321, 4322)}
     assert leftovers(docker_client, status_json()["sweep"]["id"]) == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import List
 
-from nrun_core.executors.base import Ended, Executor, Request, Started
+from nrun_core.executors.base import Ended, Executor, Request, Started, SweepContext
 from nrun_core.progress import QuietView, Row
 from nrun_core.runner import Runner
 from nrun_core.spec import JobSpec
@@ -15,7 +15,7 @@ class ScriptedBackend(Executor):
     """Reports each start of a point as given by ``script``: 'fail-to-spawn', 'crash' or 'ok'."""
 
     def __init__(self, script: List[str]) -> None:
-        super().__init__({})
+        super().__init__(None, SweepContext(sweep_id="s"))
         self.script, self.starts, self.pending = list(script), 0, []
 
     def render(self, specs):
@@ -45,8 +45,7 @@ class ScriptedBackend(Executor):
 
 def _run(tmp_path, script, retries):
     store = Store(tmp_path / "db")
-    spec = JobSpec(sweep_id="s", index=0, overrides=[], job_dir=str(tmp_path / "job"), command=["x"],
-                   workdir=str(tmp_path))
+    spec = JobSpec(sweep_id="s", index=0, overrides=[], job_dir=str(tmp_path / "job"), command=["x"])
     store.create_sweep("s", name="s", executor="local", state="RUNNING")
     store.add_points("s", [{"idx": 0, "overrides": [], "spec": spec.to_json()}])
     backend = ScriptedBackend(script)
@@ -66,18 +65,17 @@ def test_retries_count_attempts_that_never_started(tmp_path):
 
 
 def test_retry_that_succeeds_completes(tmp_path):
-    (tmp_path / "job" / ".nrun").mkdir(parents=True)
     from nrun_core.runtime.result import write_result
+
+    spec = JobSpec(sweep_id="s", index=0, overrides=[], job_dir=str(tmp_path / "job"), command=["x"])
 
     class Writes(ScriptedBackend):
         def poll(self, timeout):
             if self.starts == 1:
-                write_result(tmp_path / "job" / ".nrun" / "result.json", status="COMPLETED", value=42)
+                write_result(spec.result_file, status="COMPLETED", value=42, ident=spec.identity)
             return super().poll(timeout)
 
     store = Store(tmp_path / "db")
-    spec = JobSpec(sweep_id="s", index=0, overrides=[], job_dir=str(tmp_path / "job"), command=["x"],
-                   workdir=str(tmp_path))
     store.create_sweep("s", name="s", executor="local", state="RUNNING")
     store.add_points("s", [{"idx": 0, "overrides": [], "spec": spec.to_json()}])
     rows = {0: Row(0, "")}

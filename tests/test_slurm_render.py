@@ -57,7 +57,8 @@ def test_pyxis_container_script_golden(home, tmp_path):
     text = _dry_run(tmp_path, "x=1,2", "hydra.launcher.container_image='nvcr.io#nvidia/pytorch:24.01-py3'",
                     "hydra.launcher.container_mounts=[/data:/data:ro]", "hydra.launcher.srun_args=['--mpi=pmix']")
     assert "--container-image=nvcr.io#nvidia/pytorch:24.01-py3" in text
-    assert "--container-mounts=/data:/data:ro,<TMP>:<TMP>,<ROOT>/tests/apps:<ROOT>/tests/apps" in text
+    assert ("--container-mounts=/data:/data:ro,<TMP>:<TMP>,<ROOT>/nrun_core/runtime:<ROOT>/nrun_core/runtime,"
+            "<ROOT>/tests/apps:<ROOT>/tests/apps") in text    # the job dirs, the point runtime, the app
     assert "srun --unbuffered" in text and "python -u -m submitit.core._submit" in text
     _golden("pyxis", text)
 
@@ -100,7 +101,7 @@ def test_structured_config_is_registered_with_its_sbatch_options(tmp_path):
 
     out = subprocess.run([PYTHON, str(APPS / "sweep_app.py"), "--cfg", "hydra", SLURM],
                          capture_output=True, text=True, cwd=tmp_path, check=True).stdout
-    for key in ("NrunSlurmLauncher", "partition:", "account:", "qos:", "time:", "ntasks_per_node:", "gres:",
+    for key in ("NrunLauncher", "_executor_: slurm", "partition:", "account:", "qos:", "time:", "ntasks_per_node:", "gres:",
                 "mem:", "constraint:", "exclude:", "nodelist:", "exclusive:", "array_parallelism:",
                 "additional_parameters:", "srun_args:", "setup:", "use_srun:", "python:", "container_image:",
                 "container_mounts:", "dependencies:", "max_num_timeout:", "ssh:", "known_hosts:"):

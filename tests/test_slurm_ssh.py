@@ -20,7 +20,7 @@ from typing import Dict, List
 
 import pytest
 
-from conftest import APPS, nrun, states, status_json
+from conftest import APPS, nrun, states, status_json, interruptible
 from require import missing
 from slurm_fixtures import slurm_cluster, slurm_env  # noqa: F401  (fixtures)
 
@@ -71,7 +71,7 @@ def _launch(project: Path, args: List[str], *, env: Dict[str, str] | None = None
     full.update({"PATH": f"{shims}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1", **(env or {})})
     argv = [sys.executable, str(project / "slurm_app.py"), "-m", *args, f"hydra.sweep.dir={project}/multirun"]
     if popen:
-        return subprocess.Popen(argv, cwd=project, env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(preexec_fn=interruptible, args=argv, cwd=project, env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(argv, cwd=project, env=full, capture_output=True, text=True, timeout=timeout)
 
 
@@ -94,7 +94,7 @@ def test_sweep_over_ssh_ships_code_submits_remotely_and_brings_results_back(
     assert (remote / "code").is_dir() and any((remote / "artifacts").iterdir())     # from shipped code
     local_job = project / "multirun" / "0"
     assert (local_job / "stdout.log").read_text() == (remote_job / "stdout.log").read_text()  # copied back
-    assert (local_job / ".nrun" / "result.json").exists()
+    assert (local_job / ".nrun" / sweep / "result.json").exists()
     for path in [*remote.rglob("*"), *home.rglob("*"), *(project / "multirun").rglob("*")]:
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
@@ -153,3 +153,18 @@ def test_passthrough_over_ssh_is_refused_with_the_fix(ssh_login, slurm_cluster, 
     args = [a for a in _ssh_args(ssh_login, tmp_path / "r", slurm_cluster["SLURM_CONF"]) if "packager" not in a]
     proc = _launch(project, [*args, "x=1"])
     assert proc.returncode != 0 and "nrun/packager=workdir" in proc.stderr
+
+
+def test_nrun_logs_reads_the_login_nodes_copy_without_a_shared_filesystem(
+        ssh_login, slurm_cluster, home, project, tmp_path):
+    """`nrun logs` goes through the SSH transport: the local copy is gone, the output is not."""
+    remote = tmp_path / "login-node"
+    proc = _launch(project, [*_ssh_args(ssh_login, remote, slurm_cluster["SLURM_CONF"]), "x=7"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    local = project / "multirun" / "0" / "stdout.log"
+    expected = local.read_text()
+    assert "x=7" in expected
+    local.unlink()
+    out = nrun("logs", "last", "0", env={"PATH": f"{project.parent / 'no-slurm-here'}:{os.environ['PATH']}"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == expected

@@ -1,4 +1,5 @@
-"""nrun installed from its built wheel (not editable) runs the README's example sweep."""
+"""nrun installed from its built wheel (not editable) runs the README's example sweep, and an
+executor of another package, installed beside it, gets its own `hydra/launcher=` option."""
 
 from __future__ import annotations
 
@@ -38,3 +39,18 @@ def test_wheel_install_runs_example_sweep(tmp_path):
     points = json.loads(out)["points"]
     assert [p["state"] for p in points] == ["COMPLETED", "COMPLETED"]
     assert all(float(p["value_repr"]) < 0 for p in points)
+
+    # An executor of a separate package: pip install it, and the same app sweeps through it.
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(dist), str(ROOT / "examples" / "executor_plugin")], check=True, capture_output=True)
+    plugin = next(dist.glob("nrun_example_executor-*.whl"))
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps", str(plugin)],
+                   check=True, capture_output=True, timeout=240)
+    proc = subprocess.run([str(py), "train.py", "-m", "hydra/launcher=nice_spawn", "hydra.launcher.niceness=3",
+                           "lr=0.1", "seed=1,2", "hydra.launcher.progress=lines", "step_time=0"],
+                          cwd=app, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(subprocess.run([str(venv / "bin" / "nrun"), "status", "last", "--json"], env=env,
+                                    capture_output=True, text=True, check=True).stdout)
+    assert out["sweep"]["executor"] == "nice_spawn"
+    assert [p["state"] for p in out["points"]] == ["COMPLETED", "COMPLETED"]

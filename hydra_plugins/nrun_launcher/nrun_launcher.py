@@ -1,35 +1,30 @@
 """Hydra registration of the nrun launchers; every piece of work lives in ``nrun_core``.
 
 Hydra imports this module at every start of every Hydra app on the machine, so it must stay
-cheap: it registers configs and declares thin Launcher classes whose methods import the real
-implementation on first use.
+cheap: it registers configs from ``nrun_core.registry`` (plain data) and declares one thin
+Launcher class whose methods import the real implementation on first use.
 
 Registration is lazy. ``ConfigStore.store`` turns a dataclass into an OmegaConf node at once
 (a few ms each, paid by every Hydra app, nrun user or not); Hydra deep-copies a stored node each
 time it loads one, so nodes stored here build the structured config in ``__deepcopy__``, only
-when an nrun launcher is actually selected.
+when an nrun launcher is actually selected. Executors of other packages (entry points) are
+served by ``NrunPluginSource``, which reads the entry points only when Hydra asks for a launcher
+that no other source has.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.core.config_store import ConfigNode, ConfigStore
+from hydra.core.object_type import ObjectType
+from hydra.plugins.config_source import ConfigLoadError, ConfigResult, ConfigSource
 from hydra.plugins.launcher import Launcher
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 
-# hydra/launcher option → schema dataclass in nrun_core.conf; each executor adds its line.
-LAUNCHERS: Dict[str, str] = {
-    "nrun_local": "LocalConf",
-    "nrun_slurm": "SlurmConf",
-    "nrun_docker": "DockerConf",
-}
-
-# Packager chosen by `hydra/launcher=<name>` unless `nrun/packager=...` is given: executors whose
-# points cannot see this tree ship the code (passthrough for the rest).
-DEFAULT_PACKAGER: Dict[str, str] = {"nrun_docker": "workdir"}
+from nrun_core import registry
 
 
 class _LazyNode:
@@ -48,24 +43,24 @@ class _LazyNode:
         return self._build() if not memo else self
 
 
-def _schema(class_name: str) -> Any:
+def _schema(entry: registry.ExecutorEntry) -> Any:
+    """The executor's options as a structured config, tagged with the executor it selects."""
     from omegaconf import OmegaConf
 
-    from nrun_core import conf
+    cls = registry.load(entry.schema)
+    return OmegaConf.structured(cls(_executor_=entry.key))
 
-    return OmegaConf.structured(getattr(conf, class_name))
 
-
-def _entry(schema: str) -> Any:
-    """`hydra/launcher=<name>`: the schema plus the packager and launcher group defaults.
+def _entry(entry: registry.ExecutorEntry) -> Any:
+    """`hydra/launcher=<option>`: the schema plus the packager and launcher group defaults.
 
     Stored at the global package so the group entries inside get short override keys
     (`nrun/launcher=torchrun`, not `nrun/launcher@hydra.launcher.launcher=torchrun`).
     """
     from omegaconf import OmegaConf
 
-    packager = DEFAULT_PACKAGER.get(schema, "passthrough")
-    return OmegaConf.create({"defaults": [{"/nrun/schema": schema}, {"/nrun/packager": packager},
+    return OmegaConf.create({"defaults": [{"/nrun/schema": entry.option},
+                                          {"/nrun/packager": entry.default_packager},
                                           {"/nrun/launcher": "direct"}, "_self_"]})
 
 
@@ -77,16 +72,18 @@ def _register(group: str, name: str, build: Callable[[], Any], package: str) -> 
                                       package=package, provider="nrun")
 
 
-for _name, _class in LAUNCHERS.items():
-    _register("nrun/schema", _name, lambda c=_class: _schema(c), "hydra.launcher")
-    _register("hydra/launcher", _name, lambda n=_name: _entry(n), "_global_")
+for _e in registry.BUILTIN:
+    _register("nrun/schema", _e.option, lambda e=_e: _schema(e), "hydra.launcher")
+    _register("hydra/launcher", _e.option, lambda e=_e: _entry(e), "_global_")
 
 
 class NrunSearchPath(SearchPathPlugin):
-    """Adds nrun's YAML groups (`nrun/packager`, `nrun/launcher`) shipped in the wheel."""
+    """Adds nrun's YAML groups (`nrun/packager`, `nrun/launcher`) shipped in the wheel, and the
+    source of executors registered by other packages."""
 
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
         search_path.append(provider="nrun", path=f"file://{_conf_dir()}")
+        search_path.append(provider="nrun-plugins", path=f"{NrunPluginSource.scheme()}://executors")
 
 
 def _conf_dir() -> str:
@@ -96,12 +93,62 @@ def _conf_dir() -> str:
     return wheel if os.path.isdir(wheel) else os.path.join(root, "conf")
 
 
-class _NrunLauncher(Launcher):
-    """Thin shell: keeps Hydra's calls and hands them to nrun_core.sweep on first use."""
+class NrunPluginSource(ConfigSource):
+    """`hydra/launcher=<name>` for executors of other packages (entry points ``nrun.executors``).
 
-    executor: str = ""
+    Searched after the file sources, so it is asked only about configs they lack; it reads the
+    entry points only for a launcher name that no file and no structured config has (Hydra's
+    `basic` lives in the ConfigStore, searched after this source), or when Hydra lists the
+    launcher group (help, errors).
+    """
 
-    def __init__(self, **options: Any) -> None:
+    _GROUPS = {"hydra/launcher": "_global_", "nrun/schema": "hydra.launcher"}
+
+    @staticmethod
+    def scheme() -> str:
+        return "nrun-plugins"
+
+    def _split(self, config_path: str) -> Optional[tuple]:
+        path = self._normalize_file_name(config_path.strip("/"))
+        group, _, name = path.rpartition("/")
+        name = name[: -len(".yaml")] if name.endswith(".yaml") else name
+        if group not in self._GROUPS:
+            return None
+        if ConfigStore.instance().get_type(f"{group}/{name}.yaml") == ObjectType.CONFIG:
+            return None  # a structured config (Hydra's own `basic`, ...): the schema source has it
+        entry = registry.plugins().get(name)
+        return (group, entry) if entry is not None else None
+
+    def load_config(self, config_path: str) -> ConfigResult:
+        found = self._split(config_path)
+        if found is None:
+            raise ConfigLoadError(f"nrun has no executor plugin for {config_path}")
+        group, entry = found
+        node = _entry(entry) if group == "hydra/launcher" else _schema(entry)
+        return ConfigResult(config=node, path=f"{self.scheme()}://{self.path}", provider=self.provider,
+                            header={"package": self._GROUPS[group]})
+
+    def available(self) -> bool:
+        return True
+
+    def is_group(self, config_path: str) -> bool:
+        return config_path.strip("/") in self._GROUPS
+
+    def is_config(self, config_path: str) -> bool:
+        return self._split(config_path) is not None
+
+    def list(self, config_path: str, results_filter: Optional[ObjectType]) -> List[str]:
+        if config_path.strip("/") not in self._GROUPS or results_filter == ObjectType.GROUP:
+            return []
+        return sorted(registry.plugins())
+
+
+class NrunLauncher(Launcher):
+    """Thin shell: keeps Hydra's calls and hands them to nrun_core.sweep on first use. One class
+    for every executor: the schema's ``_executor_`` names the one it runs."""
+
+    def __init__(self, _executor_: str = "", **options: Any) -> None:
+        self.executor = _executor_
         self.options = options
         self._sweep: Optional[Any] = None
 
@@ -122,15 +169,3 @@ class _NrunLauncher(Launcher):
 
             print(f"nrun: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
-
-
-class NrunLocalLauncher(_NrunLauncher):
-    executor = "local"
-
-
-class NrunSlurmLauncher(_NrunLauncher):
-    executor = "slurm"
-
-
-class NrunDockerLauncher(_NrunLauncher):
-    executor = "docker"

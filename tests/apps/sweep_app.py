@@ -35,6 +35,18 @@ def main(cfg: DictConfig):
         return {k: _digest(os.environ.get(k)) if "TOKEN" in k else os.environ.get(k) for k in cfg.env_names}
     if cfg.action == "cwd":
         return os.getcwd()
+    if cfg.action == "value":  # a number, as Optuna wants
+        return float(cfg.x * cfg.x)
+    if cfg.action == "daemon":  # leaves a process behind: a double fork that outlives the point
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                with open(cfg.msg, "w") as f:
+                    f.write(str(os.getpid()))
+                time.sleep(300)
+            os._exit(0)
+        os.wait()
+        time.sleep(cfg.seconds if cfg.seconds > 1 else 0.5)
     return {"x": cfg.x, "msg": cfg.msg, "square": cfg.x * cfg.x}
 
 

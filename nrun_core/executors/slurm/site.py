@@ -27,6 +27,8 @@ class Site(Protocol):
 
     def prepare(self, specs: Sequence[JobSpec], ship: bool = True) -> List[JobSpec]: ...
 
+    def code_dir(self, spec: JobSpec) -> str: ...
+
     def collect(self, spec: JobSpec, final: bool) -> None: ...
 
     def close(self) -> None: ...
@@ -37,18 +39,21 @@ class LocalSite:
 
     remote = False
 
+    def __init__(self) -> None:
+        from nrun_core.transport.local import LocalTransport
+
+        self.transport = LocalTransport()
+
     def run(self, argv: Sequence[str], *, input: Optional[str] = None,
             timeout: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess:
         try:
-            return subprocess.run(list(argv), input=input, capture_output=True, text=True, timeout=timeout)
-        except FileNotFoundError:
+            return self.transport.run(argv, input=input, timeout=timeout)
+        except BackendError:
             raise BackendError(f"{argv[0]} is not installed here: run the sweep on the cluster's login "
                                "node, or submit over SSH with hydra.launcher.ssh.host=LOGIN_NODE") from None
-        except subprocess.TimeoutExpired:
-            return subprocess.CompletedProcess(list(argv), 124, "", f"no answer within {timeout:.0f} s")
 
     def submit(self, plan: Any, secrets: Mapping[str, str]) -> List[str]:
-        from nrun_core.executors.slurm_submit import submit
+        from nrun_core.executors.slurm.submit import submit
 
         # secret_env values are already in this process's environment (checked at launch), and
         # sbatch exports it to the job: nothing to write down.
@@ -57,6 +62,11 @@ class LocalSite:
     def prepare(self, specs: Sequence[JobSpec], ship: bool = True) -> List[JobSpec]:
         return list(specs)
 
+    def code_dir(self, spec: JobSpec) -> str:
+        from nrun_core.placement import code_dir_here
+
+        return code_dir_here(spec)
+
     def collect(self, spec: JobSpec, final: bool) -> None:
         """Results and logs are already where the launcher reads them."""
 
@@ -64,13 +74,12 @@ class LocalSite:
         pass
 
 
-def site_for(conf: Mapping[str, Any]) -> Any:
+def site_for(conf: Any) -> Any:
     """The local site, or an SSH site when hydra.launcher.ssh.host is set."""
-    ssh = conf.get("ssh") or {}
-    if ssh.get("host"):
-        from nrun_core.executors.slurm_ssh import SshSite
+    if conf.ssh.host:
+        from nrun_core.executors.slurm.ssh import SshSite
 
-        return SshSite(ssh, python=conf.get("python"))
+        return SshSite(conf.ssh, python=conf.python)
     return LocalSite()
 
 

@@ -2,6 +2,7 @@
 
 The store only knows the sweep id and point numbers; the engine knows the rest: every container
 and network nrun creates carries ``nrun.sweep=<id>`` and ``nrun.point=<idx>`` labels.
+``DockerControl`` is the executor's stateless Control built on them.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from nrun_core.errors import BackendError, NrunError
+from nrun_core.executors.base import ENDED, RUNNING, BackendState, Control
 
 LIVE = ("running", "restarting", "paused")
 _ENGINES: Dict[Optional[str], Any] = {}
@@ -18,7 +20,7 @@ _ENGINES: Dict[Optional[str], Any] = {}
 def _engine(sweep: Dict[str, Any]) -> Any:
     """One client per engine address for the life of the command (it probes point after point);
     None when no engine answers: then nobody can tell."""
-    from nrun_core.executors.docker_engine import Engine
+    from nrun_core.executors.docker.engine import Engine
 
     host = (sweep.get("conf") or {}).get("docker_host")
     if host not in _ENGINES:
@@ -80,3 +82,17 @@ def probe(sweep: Dict[str, Any], point: Dict[str, Any]) -> Optional[bool]:
         return False
     except Exception:
         return None
+
+
+class DockerControl(Control):
+    def describe(self, points: Any) -> Dict[int, Optional[BackendState]]:
+        out: Dict[int, Optional[BackendState]] = {}
+        for p in points:
+            live = probe(self.sweep, p)
+            out[p["idx"]] = None if live is None else BackendState(RUNNING if live else ENDED)
+        return out
+
+    def cancel(self, points: Any) -> List[int]:
+        from nrun_core.executors.queue import GRACE_S
+
+        return cancel(self.sweep, list(points), grace_s=GRACE_S)

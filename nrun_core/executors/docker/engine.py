@@ -11,7 +11,7 @@ import os
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from nrun_core.errors import BackendError, ConfigError
-from nrun_core.executors.docker_spec import ContainerSpec
+from nrun_core.executors.docker.spec import ContainerSpec
 
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 WAIT_S = 3600  # one wait request's read timeout; waits are re-issued until the container ends

@@ -23,13 +23,14 @@ Decisions (the container layout itself is described in ``docker_spec``):
   exists, to whoever can talk to the engine (root-equivalent anyway); containers are removed
   right after they end.
 
-Mechanics: one thread per point creates and starts its containers (several points start at
-once; the runner's loop never blocks on the engine), one thread per container blocks in the
-engine's `wait`, and a finalising step reads each exit code and OOM flag *before* removing the
-container (auto-remove would lose OOMKilled). What the threads learn goes through one queue that
-``poll`` drains on the runner's thread, so the bookkeeping is single-threaded. Cancel and
-timeouts send SIGTERM (docker-init forwards it), then SIGKILL after GRACE_S; a node that fails
-stops its peers. Nothing is left behind after success, failure, cancel or Ctrl-C (an atexit hook
+Mechanics: the launcher-side queue (max_parallel, timeout_s, cancel, TERM → grace → KILL) is
+the one local processes use (``executors.queue``). One thread per point creates and starts its
+containers (several points start at once; the runner's loop never blocks on the engine), one
+thread per container blocks in the engine's `wait`, and a finalising step reads each exit code
+and OOM flag *before* removing the container (auto-remove would lose OOMKilled). What the threads
+learn goes through one queue that ``wait`` drains on the runner's thread, so the bookkeeping is
+single-threaded. SIGTERM reaches the point through docker-init; a node that fails stops its
+peers. Nothing is left behind after success, failure, cancel or Ctrl-C (an atexit hook
 removes what a crashing launcher still holds), and ``nrun cancel``/``nrun status`` from another
 shell find a sweep's containers by their labels (nrun.sweep, nrun.point, nrun.node).
 """
@@ -37,155 +38,146 @@ shell find a sweep's containers by their labels (nrun.sweep, nrun.point, nrun.no
 from __future__ import annotations
 
 import atexit
-import collections
 import os
 import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from nrun_core.command import AppRef
 from nrun_core.errors import ConfigError, NrunError
-from nrun_core.executors import docker_runtime
-from nrun_core.executors import docker_spec as ds
-from nrun_core.executors.base import Ended, Event, Executor, Request, Started, split_queue
-from nrun_core.executors.local import default_parallelism
+from nrun_core.executors.docker import spec as ds
+from nrun_core.executors import runtime_copy
+from nrun_core.executors.base import Ended, Event, Request, Started
+from nrun_core.executors.docker.control import DockerControl
+from nrun_core.executors.queue import GRACE_S, QueuedExecutor, Slot
 from nrun_core.paths import nrun_home
+from nrun_core.placement import secret_values
 from nrun_core.spec import JobSpec
 
-GRACE_S = 5.0          # SIGTERM → SIGKILL
 ENGINE_LOST_S = 60.0   # a wait that cannot reach the engine this long reports the point lost
 
 
 @dataclass
 class _Point:
-    spec: JobSpec
-    attempt: int
+    """The containers of one attempt of one point (``Slot.handle``)."""
+
+    slot: Slot
     containers: List[ds.ContainerSpec]
     network: Optional[str]                       # created (and removed) by nrun
     ids: Dict[int, str] = field(default_factory=dict)
     exits: Dict[int, Optional[int]] = field(default_factory=dict)
     first_failed: Optional[int] = None
-    started: bool = False
-    reason: Optional[str] = None                 # cancelled | timeout, once decided
-    deadline: Optional[float] = None
-    kill_at: Optional[float] = None
-    stopping: bool = False
+
+    @property
+    def spec(self) -> JobSpec:
+        return self.slot.spec
 
     @property
     def ended(self) -> bool:
         return len(self.exits) == len(self.containers)
 
 
-class DockerExecutor(Executor):
+class DockerExecutor(QueuedExecutor):
     name = "docker"
+    sees_launcher_files = False  # only what is mounted: the code, the job dir, the runtime
 
-    def __init__(self, conf: Mapping[str, Any]) -> None:
-        super().__init__(conf)
-        self.max_parallel = int(conf.get("max_parallel") or default_parallelism())
-        self._passthrough = _passthrough_dirs()
-        self._queue: Deque[JobSpec] = collections.deque()
-        self._points: Dict[int, _Point] = {}
-        self._slots = 0
-        self._attempts: Dict[int, int] = collections.Counter()
-        self._cancelled_queued: List[int] = []
+    control_class = DockerControl
+
+    def __init__(self, options: Any, ctx: Any) -> None:
+        super().__init__(options, ctx)
+        self._passthrough: Optional[Tuple[str, ...]] = None
         self._msgs: "queue.Queue[Tuple[Any, ...]]" = queue.Queue()
         self._engine: Any = None
         self._engine_error: Optional[str] = None
         self._pool: Optional[ThreadPoolExecutor] = None
-        self._lib: Optional[str] = None
+        self._runtime: Optional[str] = None
         self._pid: Optional[int] = None
 
     # -- contract ----------------------------------------------------------------------
-    def validate(self, specs: Sequence[JobSpec]) -> None:
-        from nrun_core.executors.docker_engine import Engine
-
-        ds.check_options(self.conf)
-        app = AppRef.detect()
-        for spec in specs:
-            if spec.artifact and app.script and app.script in spec.command:
-                raise ConfigError(
-                    f"the app {app.script} lies outside the packaged directory, so the container would "
-                    "not have it. Fix: launch from the app's directory (or a parent of it), set "
-                    "hydra.launcher.packager.base_dir to include it, or use nrun/packager=passthrough")
-        for i, vol in enumerate(self.conf.get("volumes") or []):
+    def check_options(self) -> None:
+        ds.check_options(self.opts)
+        for i, vol in enumerate(self.opts.volumes or []):
             ds.parse_volume(i, str(vol))
-        if self.conf.get("dry_run"):
+
+    def validate(self, specs: Sequence[JobSpec]) -> None:
+        from nrun_core.executors.docker.engine import Engine
+
+        if self.opts.dry_run:
             return  # a dry run needs no engine
-        engine = Engine(self.conf.get("docker_host"))
+        engine = Engine(self.opts.docker_host)
         try:
-            engine.ensure_image(str(self.conf["image"]), self.conf.get("pull", "missing"))
-            runtime = self.conf.get("runtime")
+            engine.ensure_image(str(self.opts.image), self.opts.pull)
+            runtime = self.opts.runtime
             if runtime and runtime not in engine.runtimes():
                 raise ConfigError(f"hydra.launcher.runtime={runtime} is not a runtime of the engine at "
                                   f"{engine.address} (it has: {', '.join(engine.runtimes())}). Fix: "
                                   "choose one of those, or configure it in the engine's daemon.json")
-            net = self.conf.get("network")
+            net = self.opts.network
             if net and net not in ("bridge", "host", "none", "default") and not engine.network_exists(net):
                 raise ConfigError(f"hydra.launcher.network={net}: no such network on the engine. Fix: "
                                   f"`docker network create {net}`, or leave it unset")
-            if specs and ds.device_requests(self.conf, specs[0]):
-                probe = ds.build(self.conf, specs[0], 0, code=self._code(specs[0]), lib_dir="/")
+            if specs and ds.device_requests(self.opts, specs[0]):
+                probe = ds.build(self.opts, specs[0], 0, code=self._code(specs[0]), runtime_dir="/")
                 try:
-                    engine.probe_gpus(probe, ds.gpu_setting(self.conf))
+                    engine.probe_gpus(probe, ds.gpu_setting(self.opts))
                 except NrunError as exc:
                     raise ConfigError(str(exc)) from None
         finally:
             engine.close()
 
     def render(self, specs: Sequence[JobSpec]) -> List[Request]:
-        lib = docker_runtime.lib_dir(create=False)
+        runtime = runtime_copy.runtime_dir(create=False)
         out = []
         for s in specs:
-            lines = [f"# image pull: {self.conf.get('pull', 'missing')}; container removal: "
-                     f"{self.conf.get('remove', 'always')}; timeout_s: {s.timeout_s}"]
-            if s.nodes > 1 and not self.conf.get("network"):
-                lines.append(ds.render_network(self.conf, s, ds.network_name(s)))
+            lines = [f"# image pull: {self.opts.pull}; container removal: {self.opts.remove}; "
+                     f"timeout_s: {s.timeout_s}"]
+            if s.nodes > 1 and not self.opts.network:
+                lines.append(ds.render_network(self.opts, s, ds.network_name(s)))
             for node in range(s.nodes):
-                cs = ds.build(self.conf, s, node, code=self._code(s), lib_dir=lib)
+                cs = ds.build(self.opts, s, node, code=self._code(s), runtime_dir=runtime)
                 lines.append(ds.render_run(cs))
             out.append(Request(title=f"point {s.index}: {s.nodes} container(s)", text="\n".join(lines) + "\n"))
         return out
 
-    def start(self, specs: Sequence[JobSpec]) -> None:
-        self._queue.extend(specs)
+    # -- QueuedExecutor --------------------------------------------------------------------
+    def launch(self, slot: Slot) -> List[Event]:
+        self._ensure_engine()
+        if self._engine_error:
+            raise NrunError(self._engine_error)
+        spec = slot.spec
+        containers = [ds.build(self.opts, spec, n, code=self._code(spec), runtime_dir=self._runtime or "",
+                               attempt=slot.attempt) for n in range(spec.nodes)]
+        network = ds.network_name(spec, slot.attempt) if spec.nodes > 1 and not self.opts.network else None
+        slot.handle = _Point(slot=slot, containers=containers, network=network)
+        assert self._pool is not None
+        self._pool.submit(self._launch, slot.handle)
+        return []
 
-    def busy(self) -> bool:
-        return bool(self._queue or self._points or self._cancelled_queued)
+    def signal(self, slot: Slot, kill: bool) -> None:
+        p = slot.handle
+        if p is None:
+            return
+        assert self._pool is not None
+        for node, cid in p.ids.items():
+            if node not in p.exits:
+                self._pool.submit(_quietly, self._engine.kill, cid, "SIGKILL" if kill else "SIGTERM")
 
-    def poll(self, timeout: float) -> List[Event]:
-        events = self._start_queued()
-        if self._points:
-            now = time.monotonic()
-            wake = [p.deadline for p in self._points.values() if p.deadline and not p.reason]
-            wake += [p.kill_at for p in self._points.values() if p.kill_at]
+    def wait(self, timeout: float) -> List[Event]:
+        try:
+            msgs = [self._msgs.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while True:
             try:
-                msgs = [self._msgs.get(timeout=max(0.0, min([timeout] + [t - now for t in wake])))]
+                msgs.append(self._msgs.get_nowait())
             except queue.Empty:
-                msgs = []
-            while True:
-                try:
-                    msgs.append(self._msgs.get_nowait())
-                except queue.Empty:
-                    break
-            for msg in msgs:
-                events += self._handle(msg)
-            self._enforce_deadlines()
-        return events + self._start_queued()
-
-    def cancel(self, indices: Optional[Sequence[int]] = None) -> None:
-        wanted = None if indices is None else set(indices)
-        kept, cancelled = split_queue(self._queue, wanted)
-        self._queue = collections.deque(kept)
-        self._cancelled_queued += cancelled
-        for p in self._points.values():
-            if (wanted is None or p.spec.index in wanted) and not p.ended:
-                if p.started:
-                    self._stop(p, "cancelled")
-                else:  # still being created: stopped as soon as its start is reported
-                    p.reason = p.reason or "cancelled"
+                break
+        events: List[Event] = []
+        for msg in msgs:
+            events += self._handle(msg)
+        return events
 
     # -- starting ------------------------------------------------------------------------
     def _ensure_engine(self) -> None:
@@ -193,43 +185,18 @@ class DockerExecutor(Executor):
         (a detached supervisor is a fork: nothing of this may cross it)."""
         if self._pid == os.getpid():
             return
-        from nrun_core.executors.docker_engine import Engine
+        from nrun_core.executors.docker.engine import Engine
 
         self._pid = os.getpid()
-        self._lib = docker_runtime.lib_dir()
-        nodes = max(1, int(self.conf.get("nodes", 1)))
+        self._runtime = runtime_copy.runtime_dir()
+        nodes = max(1, int(self.opts.nodes))
         try:
-            self._engine = Engine(self.conf.get("docker_host"), pool=2 * self.max_parallel * nodes + 8)
+            self._engine = Engine(self.opts.docker_host, pool=2 * self.max_parallel * nodes + 8)
         except NrunError as exc:
             self._engine_error = str(exc)
         self._pool = ThreadPoolExecutor(max_workers=max(2, min(8, self.max_parallel * nodes)),
                                         thread_name_prefix="nrun-docker")
         atexit.register(self._abandon)
-
-    def _start_queued(self) -> List[Event]:
-        events: List[Event] = [Ended(idx=i, reason="cancelled", detail="cancelled before it started")
-                               for i in self._cancelled_queued]
-        self._cancelled_queued = []
-        while self._queue and self._slots < self.max_parallel:
-            spec = self._queue.popleft()
-            self._ensure_engine()
-            self._attempts[spec.index] += 1
-            attempt = self._attempts[spec.index]
-            try:
-                if self._engine_error:
-                    raise NrunError(self._engine_error)
-                containers = [ds.build(self.conf, spec, n, code=self._code(spec), lib_dir=self._lib or "",
-                                       attempt=attempt) for n in range(spec.nodes)]
-            except NrunError as exc:
-                events += _not_started(spec.index, ds.container_name(spec, 0, attempt), None, str(exc))
-                continue
-            network = ds.network_name(spec, attempt) if spec.nodes > 1 and not self.conf.get("network") else None
-            point = _Point(spec=spec, attempt=attempt, containers=containers, network=network)
-            self._points[spec.index] = point
-            self._slots += 1
-            assert self._pool is not None
-            self._pool.submit(self._launch, point)
-        return events
 
     def _launch(self, p: _Point) -> None:
         """Thread: create the network and containers, start them, then wait on each."""
@@ -237,9 +204,9 @@ class DockerExecutor(Executor):
         try:
             self._prepare_host(p)
             if p.network:
-                engine.create_network(p.network, ds.labels_for(self.conf, p.spec))
-            secrets = {n: os.environ[n] for n in p.spec.secret_env if n in os.environ}
-            setting = ds.gpu_setting(self.conf)
+                engine.create_network(p.network, ds.labels_for(self.opts, p.spec))
+            secrets = secret_values(p.spec.secret_env)
+            setting = ds.gpu_setting(self.opts)
             for node, cs in enumerate(p.containers):
                 p.ids[node] = engine.create(cs, secrets, setting=setting)
             for node, cs in enumerate(p.containers):
@@ -265,7 +232,8 @@ class DockerExecutor(Executor):
         if os.geteuid() == 0 and uid not in (None, 0):  # root launches for another uid: hand it the dir
             parts = (user or "").split(":")
             gid = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else -1
-            for path in [spec.job_dir, str(spec.nrun_dir), spec.stdout, spec.stderr,
+            for path in [spec.job_dir, os.path.dirname(str(spec.nrun_dir)), str(spec.nrun_dir),
+                         spec.payload_file, spec.stdout, spec.stderr,
                          *[ds.node_log(spec, n, s) for n in range(1, spec.nodes) for s in ("stdout", "stderr")]]:
                 if os.path.exists(path):
                     os.chown(path, uid, gid)
@@ -307,79 +275,48 @@ class DockerExecutor(Executor):
     # -- events --------------------------------------------------------------------------
     def _handle(self, msg: Tuple[Any, ...]) -> List[Event]:
         kind, p = msg[0], msg[1]
+        idx = p.spec.index
         if kind == "started":
-            p.started = True
-            if p.spec.timeout_s:
-                p.deadline = time.monotonic() + float(p.spec.timeout_s)
-            if p.reason:
-                self._stop(p, p.reason)
-            return [Started(idx=p.spec.index, backend_id=p.containers[0].name)]
-        if kind == "failed":
-            self._points.pop(p.spec.index, None)
-            self._slots -= 1
-            return _not_started(p.spec.index, p.containers[0].name, p.reason, msg[2])
+            return [Started(idx=idx, backend_id=p.containers[0].name)]
+        if kind == "failed":  # Started then Ended: the attempt counts, the store names the container
+            return [Started(idx=idx, backend_id=p.containers[0].name),
+                    Ended(idx=idx, reason="exited", detail=f"could not start: {msg[2]}")]
         if kind == "exited":
             node, code = msg[2], msg[3]
             p.exits[node] = code
             if code != 0 and p.first_failed is None:
                 p.first_failed = node
             if p.ended:
-                self._slots -= 1
                 assert self._pool is not None
                 self._pool.submit(self._finalize, p)
-            elif code != 0:
-                self._stop(p, None)  # one node failed: its peers cannot finish; stop them
+            elif code != 0 and p.slot.kill_at is None:  # one node failed: its peers cannot finish
+                p.slot.kill_at = time.monotonic() + self.grace_s
+                self.signal(p.slot, kill=False)
             return []
         if kind == "finalized":
-            self._points.pop(p.spec.index, None)
             return [msg[2]]
         raise AssertionError(kind)  # pragma: no cover
-
-    def _stop(self, p: _Point, reason: Optional[str]) -> None:
-        if reason and not p.reason:
-            p.reason = reason
-        if p.stopping:
-            return
-        p.stopping = True
-        p.kill_at = time.monotonic() + GRACE_S
-        self._signal(p, "SIGTERM")
-
-    def _signal(self, p: _Point, sig: str) -> None:
-        assert self._pool is not None
-        for node, cid in p.ids.items():
-            if node not in p.exits:
-                self._pool.submit(_quietly, self._engine.kill, cid, sig)
-
-    def _enforce_deadlines(self) -> None:
-        now = time.monotonic()
-        for p in self._points.values():
-            if p.ended:
-                continue
-            if p.deadline and not p.reason and now >= p.deadline:
-                self._stop(p, "timeout")
-            elif p.kill_at and now >= p.kill_at:
-                p.kill_at = None
-                self._signal(p, "SIGKILL")
 
     def _finalize(self, p: _Point) -> None:
         """Thread: read exit state (OOM!) first, then remove per policy; report the end."""
         engine, states, tail = self._engine, {}, ""
+        reason = p.slot.reason
         try:
             for node, cid in p.ids.items():
                 states[node] = _quietly(engine.state, cid) or {}
-            if p.first_failed is not None and not p.reason:
+            if p.first_failed is not None and not reason:
                 tail = _quietly(engine.logs_tail, p.ids[p.first_failed]) or ""
-            policy = self.conf.get("remove", "always")
-            failed = p.first_failed is not None or p.reason is not None
+            policy = self.opts.remove
+            failed = p.first_failed is not None or reason is not None
             if policy == "always" or (policy == "on_success" and not failed) or \
-                    (policy != "never" and p.reason == "cancelled"):
+                    (policy != "never" and reason == "cancelled"):
                 for cid in p.ids.values():
                     _quietly(engine.remove, cid)
                 if p.network:
                     _quietly(engine.remove_network, p.network)
             ended = self._ended(p, states, tail)
         except Exception as exc:  # never lose the point's end
-            ended = Ended(idx=p.spec.index, reason=p.reason or "exited", exit_code=p.exits.get(0),
+            ended = Ended(idx=p.spec.index, reason="exited", exit_code=p.exits.get(0),
                           detail=f"ended, but nrun could not read its state: {exc}")
         self._msgs.put(("finalized", p, ended))
 
@@ -388,13 +325,13 @@ class DockerExecutor(Executor):
         node = p.first_failed if p.first_failed is not None else 0
         code = p.exits.get(node)
         where = f"container {p.containers[node].name}" + (f" (node {node})" if len(p.containers) > 1 else "")
-        if p.reason:
-            return Ended(idx=idx, reason=p.reason, exit_code=code)
+        if p.slot.reason:
+            return Ended(idx=idx, reason="exited", exit_code=code)  # the queue names the reason
         if code is None:
             return Ended(idx=idx, reason="lost", detail=f"{where} vanished before nrun read its exit code "
                          "(removed outside nrun, or the engine stopped answering)")
         oom = [n for n, st in states.items() if st.get("OOMKilled")]
-        mem = self.conf.get("mem_limit")
+        mem = self.opts.mem_limit
         if oom:
             n = oom[0]
             return Ended(idx=idx, reason="exited", exit_code=137, detail=(
@@ -405,17 +342,20 @@ class DockerExecutor(Executor):
         if code == 137:
             detail += " (SIGKILL" + (f"; with hydra.launcher.mem_limit={mem}, likely out of memory)" if mem else ")")
         elif code in (126, 127):
-            detail += (f": the command could not run in hydra.launcher.image={self.conf.get('image')} "
-                       f"(is hydra.launcher.python={self.conf.get('python', 'python3')} there?)")
+            detail += (f": the command could not run in hydra.launcher.image={self.opts.image} "
+                       f"(is hydra.launcher.python={self.opts.python} there?)")
         if tail:
             detail += f"; container output: {tail[-500:]}"
         return Ended(idx=idx, reason="exited", exit_code=code, detail=detail)
 
     def _abandon(self) -> None:
         """atexit: the launcher is leaving with containers still held: remove them."""
-        if self._pid != os.getpid() or not self._points or self._engine is None:
+        if self._pid != os.getpid() or not self._live or self._engine is None:
             return
-        for p in list(self._points.values()):
+        for slot in list(self._live.values()):
+            p = slot.handle
+            if p is None:
+                continue
             for cid in list(p.ids.values()):
                 _quietly(self._engine.remove, cid)
             if p.network:
@@ -424,38 +364,19 @@ class DockerExecutor(Executor):
     def _code(self, spec: JobSpec) -> ds.CodeLayout:
         if spec.artifact:
             return ds.CodeLayout(snapshot_root=str(nrun_home() / "snapshots" / spec.artifact))
+        if self._passthrough is None:
+            self._passthrough = _passthrough_dirs(self.ctx.host_dirs)
         return ds.CodeLayout(snapshot_root=None, passthrough_dirs=self._passthrough)
 
-    # -- from another shell --------------------------------------------------------------
-    @classmethod
-    def cancel_recorded(cls, sweep: Dict[str, Any], points: List[Dict[str, Any]]) -> List[int]:
-        from nrun_core.executors.docker_recorded import cancel
 
-        return cancel(sweep, points, grace_s=GRACE_S)
-
-    @classmethod
-    def probe_recorded(cls, sweep: Dict[str, Any], point: Dict[str, Any]) -> Optional[bool]:
-        from nrun_core.executors.docker_recorded import probe
-
-        return probe(sweep, point)
-
-
-def _not_started(idx: int, name: str, reason: Optional[str], error: str) -> List[Event]:
-    """A point the engine refused: Started then Ended, so the runner counts the attempt (its
-    retry budget is spent per Started) and the store shows which container it was."""
-    return [Started(idx=idx, backend_id=name),
-            Ended(idx=idx, reason=reason or "exited", detail=f"could not start: {error}")]
-
-
-def _passthrough_dirs() -> Tuple[str, ...]:
-    """Passthrough: the launch dir, plus the app's own dir when it lies elsewhere (same paths)."""
+def _passthrough_dirs(extra: Sequence[str]) -> Tuple[str, ...]:
+    """Passthrough: the launch dir, plus the task's own dirs where they lie elsewhere (mounted
+    read-only at the same paths)."""
     cwd = os.getcwd()
     dirs = [cwd]
-    script = AppRef.detect().script
-    if script:
-        app_dir = os.path.dirname(script)
-        if not (app_dir == cwd or app_dir.startswith(cwd.rstrip("/") + "/")):
-            dirs.append(app_dir)
+    for d in extra:
+        if not any(d == k or d.startswith(k.rstrip("/") + "/") for k in dirs):
+            dirs.append(d)
     return tuple(dirs)
 
 
@@ -465,3 +386,6 @@ def _quietly(fn: Any, *args: Any) -> Any:
         return fn(*args)
     except Exception:
         return None
+
+
+__all__ = ["DockerExecutor", "GRACE_S"]

@@ -4,12 +4,13 @@ The same ``ContainerSpec`` is sent to the engine by ``docker_engine`` and shown 
 the equivalent ``docker run`` line, so what is printed is what runs. Nothing here talks to the
 engine or imports docker-py.
 
-Layout inside every container (the job dir is at the same absolute path as on the host, so
-hydra.run.dir, the logs and NRUN_RESULT_FILE mean the same thing on both sides):
+Layout inside every container (the job dir is at the same absolute path as on the host, so the
+point's Hydra config, its logs and its result file mean the same thing on both sides):
 - packaged code (workdir/git/... packagers): the host snapshot, read-only, at ``/nrun/code``;
 - passthrough: the launch directory (and the app's directory if elsewhere), read-only, at the
   same paths;
-- nrun's runtime (the result callback, stdlib + hydra only), read-only, at ``/nrun/lib``;
+- the point runtime (``nrun_point.py``: stdlib + hydra + omegaconf), read-only, at ``/nrun/lib``;
+  nothing is put on PYTHONPATH, so an nrun installed in the image is never shadowed;
 - the point's job dir, read-write, at its host path; user volumes as given.
 The command runs under ``sh -c 'exec "$@" >>"$NRUN_STDOUT" 2>>"$NRUN_STDERR"'``: the container
 writes its logs straight into the job dir (live, and kept even if the launcher dies); the script
@@ -22,14 +23,16 @@ import os
 import re
 import shlex
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from nrun_core import wrappers
 from nrun_core.errors import ConfigError
+from nrun_core.placement import Placement
 from nrun_core.spec import JobSpec
 
 CODE_DIR = "/nrun/code"
 LIB_DIR = "/nrun/lib"
+RUNTIME = f"{LIB_DIR}/nrun_point.py"
 LOG_SCRIPT = 'exec "$@" >>"$NRUN_STDOUT" 2>>"$NRUN_STDERR"'
 PULL = ("missing", "always", "never")
 REMOVE = ("always", "on_success", "never")
@@ -99,8 +102,8 @@ def node_log(spec: JobSpec, node: int, stream: str) -> str:
     return os.path.join(spec.job_dir, f"{stream}.node{node}.log")
 
 
-def labels_for(conf: Mapping[str, Any], spec: JobSpec, node: Optional[int] = None) -> Dict[str, str]:
-    out = {str(k): str(v) for k, v in (conf.get("labels") or {}).items()}
+def labels_for(conf: Any, spec: JobSpec, node: Optional[int] = None) -> Dict[str, str]:
+    out = {str(k): str(v) for k, v in (conf.labels or {}).items()}
     out.update({"nrun.sweep": spec.sweep_id, "nrun.point": str(spec.index)})
     if node is not None:
         out["nrun.node"] = str(node)
@@ -108,48 +111,48 @@ def labels_for(conf: Mapping[str, Any], spec: JobSpec, node: Optional[int] = Non
 
 
 # ---------------------------------------------------------------------------------- checks
-def check_options(conf: Mapping[str, Any]) -> None:
+def check_options(conf: Any) -> None:
     """Static checks of the nrun_docker options: ConfigError naming the setting and the fix."""
-    image = conf.get("image")
+    image = conf.image
     if not image or not str(image).strip():
         raise ConfigError("hydra.launcher.image is not set: nrun_docker needs the image to run each "
                           "point in, e.g. hydra.launcher.image=python:3.11 (it needs python3 and "
                           "hydra-core inside)")
-    if conf.get("pull", "missing") not in PULL:
-        raise ConfigError(f"hydra.launcher.pull={conf.get('pull')!r}: choose one of {', '.join(PULL)}")
-    if conf.get("remove", "always") not in REMOVE:
-        raise ConfigError(f"hydra.launcher.remove={conf.get('remove')!r}: choose one of {', '.join(REMOVE)}")
-    if not str(conf.get("python") or "").strip():
+    if conf.pull not in PULL:
+        raise ConfigError(f"hydra.launcher.pull={conf.pull!r}: choose one of {', '.join(PULL)}")
+    if conf.remove not in REMOVE:
+        raise ConfigError(f"hydra.launcher.remove={conf.remove!r}: choose one of {', '.join(REMOVE)}")
+    if not str(conf.python or "").strip():
         raise ConfigError("hydra.launcher.python is empty: name the image's Python, e.g. python3")
-    gpus = conf.get("num_gpus")
+    gpus = conf.num_gpus
     if gpus is not None and (not isinstance(gpus, int) or gpus < -1):
         raise ConfigError(f"hydra.launcher.num_gpus={gpus!r}: -1 (all), 0, a positive count, or null "
                           "(= hydra.launcher.gpus_per_node)")
-    for i, req in enumerate(conf.get("device_requests") or []):
+    for i, req in enumerate(conf.device_requests or []):
         unknown = set(req or {}) - _DEVICE_KEYS
         if not isinstance(req, Mapping) or unknown:
             raise ConfigError(f"hydra.launcher.device_requests[{i}]: unknown key(s) {sorted(unknown)}; "
                               f"valid: {sorted(_DEVICE_KEYS)}")
     for key in ("shm_size", "mem_limit"):
-        value = conf.get(key)
+        value = getattr(conf, key)
         if value is not None and not _SIZE.match(str(value)):
             raise ConfigError(f"hydra.launcher.{key}={value!r}: a size like 512m, 4g or 1073741824")
-    cpus = conf.get("cpus")
+    cpus = conf.cpus
     if cpus is not None and (not isinstance(cpus, (int, float)) or cpus <= 0):
         raise ConfigError(f"hydra.launcher.cpus={cpus!r}: a positive number of CPUs (e.g. 1.5), or null")
-    for name, value in (conf.get("ulimits") or {}).items():
+    for name, value in (conf.ulimits or {}).items():
         _ulimit(str(name), value)
-    for i, vol in enumerate(conf.get("volumes") or []):
+    for i, vol in enumerate(conf.volumes or []):
         parse_volume(i, str(vol), check_source=False)
-    wd = conf.get("working_dir")
+    wd = conf.working_dir
     if wd is not None and not str(wd).startswith("/"):
         raise ConfigError(f"hydra.launcher.working_dir={wd!r}: must be an absolute path in the container")
-    nodes = int(conf.get("nodes", 1))
+    nodes = int(conf.nodes)
     if nodes > 1:
-        if (conf.get("launcher") or {}).get("name", "direct") != "torchrun":
+        if (conf.launcher or {}).get("name", "direct") != "torchrun":
             raise ConfigError(f"hydra.launcher.nodes={nodes} starts one container per node; they need "
                               "a launcher to cooperate: add nrun/launcher=torchrun")
-        net = conf.get("network")
+        net = conf.network
         if net in _SHARED_NETWORKS:
             raise ConfigError(f"hydra.launcher.network={net}: containers of a multi-node point must "
                               "find each other by name, which needs a user-defined network; leave "
@@ -196,9 +199,9 @@ def parse_volume(i: int, text: str, check_source: bool = True) -> Mount:
 
 
 # ---------------------------------------------------------------------------------- building
-def default_user(conf: Mapping[str, Any]) -> Optional[str]:
+def default_user(conf: Any) -> Optional[str]:
     """The configured user; unset: the caller's uid:gid unless the caller is root."""
-    user = conf.get("user")
+    user = conf.user
     if user is not None:
         return str(user) or None
     uid = os.geteuid()
@@ -213,82 +216,72 @@ def numeric_uid(user: Optional[str]) -> Optional[int]:
     return int(head) if head.isdigit() else None
 
 
-def rebase_command(command: Sequence[str], python: str, old_root: Optional[str]) -> List[str]:
-    """The point's argv for the container: the image's Python, and the snapshot seen at CODE_DIR."""
-    out = [python, *command[1:]]
-    if old_root:
-        root = old_root.rstrip("/")
-        out = [CODE_DIR + w[len(root):] if (w == root or w.startswith(root + "/")) else w for w in out]
-    return out
+def placement(conf: Any, spec: JobSpec, code: CodeLayout) -> Placement:
+    """The point's words inside its containers: the image's Python, the runtime at RUNTIME, the
+    code at CODE_DIR (or, passthrough, at its host path), the job dir at its host path."""
+    return Placement(python=str(conf.python or "python3"), runtime=RUNTIME,
+                     code_dir=CODE_DIR if code.snapshot_root else (spec.code_dir or os.getcwd()))
 
 
-def build(conf: Mapping[str, Any], spec: JobSpec, node: int, *, code: CodeLayout, lib_dir: str,
+def build(conf: Any, spec: JobSpec, node: int, *, code: CodeLayout, runtime_dir: str,
           attempt: int = 1) -> ContainerSpec:
     """The container of ``spec``'s node ``node``, from the options and where the code lives."""
     nodes = spec.nodes
     name = container_name(spec, node, attempt)
     user = default_user(conf)
+    where = placement(conf, spec, code)
     mounts: List[Mount] = []
     if code.snapshot_root:
         mounts.append(Mount(code.snapshot_root, CODE_DIR, read_only=True))
-        rel = os.path.relpath(spec.workdir, code.snapshot_root)
-        workdir = CODE_DIR if rel == "." else f"{CODE_DIR}/{rel}"
     else:
         mounts += [Mount(d, d, read_only=True) for d in code.passthrough_dirs]
-        workdir = spec.workdir
-    mounts.append(Mount(lib_dir, LIB_DIR, read_only=True))
+    mounts.append(Mount(runtime_dir, LIB_DIR, read_only=True))
     mounts.append(Mount(spec.job_dir, spec.job_dir))
-    mounts += [parse_volume(i, str(v)) for i, v in enumerate(conf.get("volumes") or [])]
+    mounts += [parse_volume(i, str(v)) for i, v in enumerate(conf.volumes or [])]
 
-    env = dict(spec.env)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    env["PYTHONPATH"] = LIB_DIR + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    if numeric_uid(user) not in (None, 0):
-        env.setdefault("HOME", "/tmp")  # an arbitrary uid has no home in the image
-    env.update({"NRUN_SWEEP_ID": spec.sweep_id, "NRUN_POINT": str(spec.index), "NRUN_NODE": str(node),
-                "NRUN_JOB_DIR": spec.job_dir, "NRUN_RESULT_FILE": spec.result_file,
-                "NRUN_STDOUT": node_log(spec, node, "stdout"),
-                "NRUN_STDERR": node_log(spec, node, "stderr")})
-    for secret in spec.secret_env:
-        env.pop(secret, None)  # the secret's value, passed at create time, wins
-    network = conf.get("network")
+    extra = {"NRUN_NODE": str(node), "NRUN_STDOUT": node_log(spec, node, "stdout"),
+             "NRUN_STDERR": node_log(spec, node, "stderr")}
+    if numeric_uid(user) not in (None, 0) and "HOME" not in spec.env:
+        extra["HOME"] = "/tmp"  # an arbitrary uid has no home in the image
+    network = conf.network
     if nodes > 1:
-        lay = wrappers.layout(conf.get("launcher"), nodes=nodes, gpus_per_node=spec.gpus_per_node)
-        env.update(wrappers.node_env(lay, node_rank=node, head_host=container_name(spec, 0, attempt)))
+        lay = wrappers.layout(conf.launcher, nodes=nodes, gpus_per_node=spec.gpus_per_node)
+        extra.update(wrappers.node_env(lay, node_rank=node, head_host=container_name(spec, 0, attempt)))
         network = network or network_name(spec, attempt)
+    env = where.env(spec, token=f"{spec.sweep_id}:{spec.index}:{attempt}", extra=extra)
 
-    command = ["sh", "-c", LOG_SCRIPT, "nrun-point", *[str(w) for w in conf.get("command_prefix") or []],
-               *rebase_command(spec.command, str(conf.get("python") or "python3"), code.snapshot_root)]
-    cpus = conf.get("cpus") if conf.get("cpus") is not None else conf.get("cpus_per_task")
+    command = ["sh", "-c", LOG_SCRIPT, "nrun-point", *[str(w) for w in conf.command_prefix or []],
+               *where.argv(spec)]
+    cpus = conf.cpus if conf.cpus is not None else conf.cpus_per_task
     return ContainerSpec(
-        name=name, image=str(conf["image"]), command=command, labels=labels_for(conf, spec, node),
-        env=env, secret_env=list(spec.secret_env), working_dir=str(conf.get("working_dir") or workdir),
-        mounts=mounts, user=user, network=network, mem_limit=conf.get("mem_limit"),
-        nano_cpus=int(float(cpus) * 1e9) if cpus else None, shm_size=conf.get("shm_size"),
-        ipc_mode=conf.get("ipc_mode"), runtime=conf.get("runtime"),
-        ulimits=[_ulimit(str(k), v) for k, v in (conf.get("ulimits") or {}).items()],
+        name=name, image=str(conf.image), command=command, labels=labels_for(conf, spec, node),
+        env=env, secret_env=list(spec.secret_env), working_dir=str(conf.working_dir or where.workdir(spec)),
+        mounts=mounts, user=user, network=network, mem_limit=conf.mem_limit,
+        nano_cpus=int(float(cpus) * 1e9) if cpus else None, shm_size=conf.shm_size,
+        ipc_mode=conf.ipc_mode, runtime=conf.runtime,
+        ulimits=[_ulimit(str(k), v) for k, v in (conf.ulimits or {}).items()],
         device_requests=device_requests(conf, spec))
 
 
-def device_requests(conf: Mapping[str, Any], spec: JobSpec) -> List[Dict[str, Any]]:
+def device_requests(conf: Any, spec: JobSpec) -> List[Dict[str, Any]]:
     """`--gpus` as the engine's device requests, plus any raw ones given."""
-    count = conf.get("num_gpus")
+    count = conf.num_gpus
     count = spec.gpus_per_node if count is None else count
     out: List[Dict[str, Any]] = []
     if count:
         out.append({"driver": "", "count": int(count), "capabilities": [["gpu"]]})
-    for req in conf.get("device_requests") or []:
+    for req in conf.device_requests or []:
         out.append({k: v for k, v in dict(req).items() if v is not None})
     return out
 
 
-def gpu_setting(conf: Mapping[str, Any]) -> str:
+def gpu_setting(conf: Any) -> str:
     """The setting a GPU request came from, for error messages."""
-    if conf.get("device_requests"):
+    if conf.device_requests:
         return "hydra.launcher.device_requests"
-    if conf.get("num_gpus") is not None:
-        return f"hydra.launcher.num_gpus={conf.get('num_gpus')}"
-    return f"hydra.launcher.gpus_per_node={conf.get('gpus_per_node')}"
+    if conf.num_gpus is not None:
+        return f"hydra.launcher.num_gpus={conf.num_gpus}"
+    return f"hydra.launcher.gpus_per_node={conf.gpus_per_node}"
 
 
 # ---------------------------------------------------------------------------------- rendering
@@ -347,6 +340,6 @@ def _gpus_flag(req: Mapping[str, Any]) -> str:
     return ",".join(f'"{p}"' if "," in p else p for p in parts)  # the CLI reads --gpus as CSV
 
 
-def render_network(conf: Mapping[str, Any], spec: JobSpec, name: str) -> str:
+def render_network(conf: Any, spec: JobSpec, name: str) -> str:
     labels = " ".join(f"--label {shlex.quote(f'{k}={v}')}" for k, v in sorted(labels_for(conf, spec).items()))
     return f"docker network create --driver bridge {labels} {shlex.quote(name)}"

@@ -38,41 +38,41 @@ _TEXT_KEYS = ("partition", "account", "qos", "gres", "constraint", "exclude", "n
               "comment", "container_image", "container_workdir", "python", "submitit_folder")
 
 
-def check(conf: Mapping[str, Any]) -> None:
+def check(conf: Any) -> None:
     """Every nrun_slurm setting, or a ConfigError naming the setting and the fix."""
-    mode = conf.get("mode", "auto")
+    mode = conf.mode
     if mode not in MODES:
         raise ConfigError(f"hydra.launcher.mode={mode!r}: choose one of {', '.join(MODES)}")
     for key in _TEXT_KEYS:
-        value = conf.get(key)
+        value = getattr(conf, key)
         if value is None:
             continue
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(f"hydra.launcher.{key}={value!r}: must be a non-empty string, or null")
         _no_control(f"hydra.launcher.{key}", value)
-    time_minutes(conf.get("time"), conf.get("timeout_s"))
-    mem = conf.get("mem")
+    time_minutes(conf.time, conf.timeout_s)
+    mem = conf.mem
     if mem is not None and not _MEM.match(str(mem)):
         raise ConfigError(f"hydra.launcher.mem={mem!r}: write memory per node like 16G, 500M or 4000 "
                           "(megabytes)")
-    exclusive = conf.get("exclusive")
+    exclusive = conf.exclusive
     if exclusive not in (None, True, False) and exclusive not in EXCLUSIVE:
         raise ConfigError(f"hydra.launcher.exclusive={exclusive!r}: use true, or one of {EXCLUSIVE}")
     for key in ("ntasks_per_node", "array_parallelism", "cpus_per_task"):
-        value = conf.get(key)
+        value = getattr(conf, key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ConfigError(f"hydra.launcher.{key}={value!r}: must be an integer >= 1")
-    ap, mp = conf.get("array_parallelism"), conf.get("max_parallel")
+    ap, mp = conf.array_parallelism, conf.max_parallel
     if ap is not None and mp is not None and ap != mp:
         raise ConfigError(f"hydra.launcher.array_parallelism={ap} and max_parallel={mp} say the same "
                           "thing differently for Slurm; set only one of them")
     for key in ("max_num_timeout", "signal_delay_s"):
-        value = conf.get(key, 0)
+        value = getattr(conf, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"hydra.launcher.{key}={value!r}: must be an integer >= 0")
-    _check_additional(conf.get("additional_parameters") or {})
+    _check_additional(conf.additional_parameters or {})
     for key in ("srun_args", "setup", "container_mounts", "dependencies"):
-        items = conf.get(key) or []
+        items = getattr(conf, key) or []
         if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
             raise ConfigError(f"hydra.launcher.{key} must be a list of strings, got {items!r}")
         for item in items:
@@ -80,30 +80,35 @@ def check(conf: Mapping[str, Any]) -> None:
                 _no_control(f"hydra.launcher.{key}", item)
             elif "\n" in item or "\r" in item:
                 raise ConfigError("hydra.launcher.setup: give one shell line per list item (no newlines)")
-    for mount in conf.get("container_mounts") or []:
+    for mount in conf.container_mounts or []:
         if not _MOUNT.match(mount):
             raise ConfigError(f"hydra.launcher.container_mounts: {mount!r} is not SRC[:DST[:FLAGS]]")
-    use_srun, nodes = conf.get("use_srun"), conf.get("nodes", 1)
-    tasks = conf.get("ntasks_per_node") or 1
+    use_srun, nodes = conf.use_srun, conf.nodes
+    tasks = conf.ntasks_per_node or 1
     if use_srun is False and (nodes > 1 or tasks > 1):
         raise ConfigError(f"hydra.launcher.use_srun=false with nodes={nodes}, ntasks_per_node={tasks}: "
                           "only srun starts a task on every node; set use_srun=true (or null)")
-    if use_srun is False and conf.get("container_image"):
+    if use_srun is False and conf.container_image:
         raise ConfigError("hydra.launcher.container_image needs srun (pyxis adds its flags to srun); "
                           "set use_srun=true (or null)")
-    launcher = (conf.get("launcher") or {}).get("name", "direct")
+    launcher = (conf.launcher or {}).get("name", "direct")
     if launcher == "torchrun" and tasks > 1:
         raise ConfigError(f"hydra.launcher.ntasks_per_node={tasks} with nrun/launcher=torchrun: torchrun "
                           "starts the workers of a node itself; keep ntasks_per_node=1 and set "
                           "hydra.launcher.launcher.nproc_per_node (or gpus_per_node)")
-    if conf.get("gres") and conf.get("gpus_per_node"):
+    if conf.gres and conf.gpus_per_node:
         raise ConfigError("hydra.launcher.gres and gpus_per_node both ask for GPUs; set one of them")
 
 
-def time_minutes(value: Any, timeout_s: Optional[float]) -> int:
-    """The per-point time limit in whole minutes (what sbatch --time and submitit take)."""
+def time_minutes(value: Any, timeout_s: Optional[float]) -> Optional[int]:
+    """The per-point time limit in whole minutes (what sbatch --time and submitit take).
+
+    Unset: with timeout_s, that rounded up plus a minute (nrun itself stops the point at
+    timeout_s; Slurm's limit is only the backstop); without, None: no --time at all, so the
+    partition's own default and maximum apply, as for any sbatch the user writes.
+    """
     if value is None:
-        return max(1, math.ceil(timeout_s / 60)) if timeout_s else 60
+        return math.ceil(timeout_s / 60) + 1 if timeout_s else None
     if isinstance(value, bool):
         raise ConfigError(f"hydra.launcher.time={value!r}: give minutes or \"[D-]HH:MM[:SS]\"")
     if isinstance(value, (int, float)):
@@ -130,68 +135,79 @@ def time_minutes(value: Any, timeout_s: Optional[float]) -> int:
     return max(1, math.ceil(seconds / 60))
 
 
-def use_srun(conf: Mapping[str, Any]) -> bool:
+def use_srun(conf: Any) -> bool:
     """srun only when needed: several nodes or tasks, or a container (pyxis hooks srun)."""
-    explicit = conf.get("use_srun")
+    explicit = conf.use_srun
     if explicit is not None:
         return bool(explicit)
-    return conf.get("nodes", 1) > 1 or (conf.get("ntasks_per_node") or 1) > 1 or bool(conf.get("container_image"))
+    return conf.nodes > 1 or (conf.ntasks_per_node or 1) > 1 or bool(conf.container_image)
 
 
-def python(conf: Mapping[str, Any], default: Optional[str]) -> Optional[str]:
+def python(conf: Any, default: Optional[str]) -> Optional[str]:
     """The interpreter on the nodes: the setting; "python" in a container; "python3" on a login
     node reached over SSH (this machine's path means nothing there); else ``default``."""
-    if conf.get("python"):
-        return str(conf["python"])
-    if conf.get("container_image"):
+    if conf.python:
+        return str(conf.python)
+    if conf.container_image:
         return "python"
-    return "python3" if (conf.get("ssh") or {}).get("host") else default
+    return "python3" if conf.ssh.host else default
 
 
-def container_args(conf: Mapping[str, Any], auto_mounts: Sequence[str]) -> List[str]:
+def container_args(conf: Any, auto_mounts: Sequence[str]) -> List[str]:
     """pyxis srun flags; the sweep's own directories are mounted at the same paths."""
-    image = conf.get("container_image")
+    image = conf.container_image
     if not image:
         return []
     mounts: List[str] = []
-    for m in [*(conf.get("container_mounts") or []), *(f"{p}:{p}" for p in auto_mounts)]:
+    for m in [*(conf.container_mounts or []), *(f"{p}:{p}" for p in auto_mounts)]:
         if m not in mounts:
             mounts.append(m)
     args = [f"--container-image={image}"]
     if mounts:
         args.append(f"--container-mounts={','.join(mounts)}")
-    if conf.get("container_workdir"):
-        args.append(f"--container-workdir={conf['container_workdir']}")
+    if conf.container_workdir:
+        args.append(f"--container-workdir={conf.container_workdir}")
     return args
 
 
-def parameters(conf: Mapping[str, Any], *, job_name: str, dependency: Optional[str],
+def time_text(conf: Any) -> str:
+    """Where each point's Slurm time limit comes from, for the dry run and the sweep header."""
+    minutes = time_minutes(conf.time, conf.timeout_s)
+    if conf.time is not None:
+        return f"{minutes} min (hydra.launcher.time)"
+    if minutes is not None:
+        return (f"{minutes} min (hydra.launcher.timeout_s={conf.timeout_s:g} rounded up, plus a minute; "
+                "nrun stops the point at timeout_s)")
+    return "the partition's default (hydra.launcher.time and timeout_s unset)"
+
+
+def parameters(conf: Any, *, job_name: str, dependency: Optional[str],
                auto_mounts: Sequence[str]) -> Dict[str, Any]:
     """Keyword arguments of submitit's ``SlurmExecutor.update_parameters`` (its own names)."""
     srun = use_srun(conf)
     params: Dict[str, Any] = {
-        "job_name": conf.get("job_name") or job_name,
-        "time": time_minutes(conf.get("time"), conf.get("timeout_s")),
-        "nodes": conf.get("nodes", 1),
-        "ntasks_per_node": conf.get("ntasks_per_node") or 1,
-        "signal_delay_s": conf.get("signal_delay_s", 90),
+        "job_name": conf.job_name or job_name,
+        "time": time_minutes(conf.time, conf.timeout_s),
+        "nodes": conf.nodes,
+        "ntasks_per_node": conf.ntasks_per_node or 1,
+        "signal_delay_s": conf.signal_delay_s,
         "use_srun": srun,
         "stderr_to_stdout": False,
     }
     for key in ("partition", "account", "qos", "gres", "mem", "constraint", "exclude", "nodelist",
                 "cpus_per_task", "comment"):
-        if conf.get(key) is not None:
-            params[key] = conf[key]
-    if conf.get("gpus_per_node"):
-        params["gpus_per_node"] = conf["gpus_per_node"]
-    if conf.get("exclusive"):
-        params["exclusive"] = conf["exclusive"]
-    throttle = conf.get("array_parallelism") or conf.get("max_parallel")
+        if getattr(conf, key) is not None:
+            params[key] = getattr(conf, key)
+    if conf.gpus_per_node:
+        params["gpus_per_node"] = conf.gpus_per_node
+    if conf.exclusive:
+        params["exclusive"] = conf.exclusive
+    throttle = conf.array_parallelism or conf.max_parallel
     if throttle:
         params["array_parallelism"] = throttle
-    if conf.get("setup"):
-        params["setup"] = list(conf["setup"])
-    srun_args = [*container_args(conf, auto_mounts), *(conf.get("srun_args") or [])]
+    if conf.setup:
+        params["setup"] = list(conf.setup)
+    srun_args = [*container_args(conf, auto_mounts), *(conf.srun_args or [])]
     if srun_args:
         params["srun_args"] = srun_args
     extra: Dict[str, Any] = {}
@@ -201,8 +217,8 @@ def parameters(conf: Mapping[str, Any], *, job_name: str, dependency: Optional[s
     if not srun:
         # No job step: the worker is the batch shell itself (exec), so Slurm's warning before the
         # time limit must go to the batch shell (B:), or submitit never sees it.
-        extra["signal"] = f"B:USR2@{conf.get('signal_delay_s', 90)}"
-    extra.update({str(k).replace("_", "-"): v for k, v in (conf.get("additional_parameters") or {}).items()})
+        extra["signal"] = f"B:USR2@{conf.signal_delay_s}"
+    extra.update({str(k).replace("_", "-"): v for k, v in (conf.additional_parameters or {}).items()})
     if extra:
         params["additional_parameters"] = extra
     return params

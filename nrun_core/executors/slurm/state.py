@@ -90,14 +90,15 @@ def exit_code(text: str) -> Optional[int]:
     return -s if s else c
 
 
-def ended_reason(st: TaskState) -> Tuple[str, str]:
-    """(Ended.reason, detail) for a task in a terminal state."""
+def ended_reason(st: TaskState, time_setting: str = "hydra.launcher.time") -> Tuple[str, str]:
+    """(Ended.reason, detail) for a task in a terminal state; ``time_setting`` names where its
+    time limit came from."""
     if st.state == "CANCELLED":
         if st.reason == "DependencyNeverSatisfied":
             return "cancelled", "its dependency can never be satisfied (Slurm DependencyNeverSatisfied)"
         return "cancelled", "cancelled in Slurm (scancel)"
     if st.state in TIMEOUT:
-        return "timeout", f"hit its Slurm time limit ({st.state}): raise hydra.launcher.time"
+        return "timeout", f"hit its Slurm time limit ({st.state}; {time_setting}): raise hydra.launcher.time"
     if st.state in LOST:
         return "lost", f"Slurm {st.state}: the node failed; the point did not finish"
     if st.state == "OUT_OF_MEMORY":

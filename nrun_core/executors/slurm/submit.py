@@ -1,7 +1,7 @@
 """Turn a submission plan into one Slurm job array through submitit, on whichever host runs sbatch.
 
 The plan is plain data: the launcher calls ``submit`` directly when it runs on the login node,
-and sends the plan as JSON to ``python -m nrun_core.executors.slurm_submit`` over SSH otherwise
+and sends the plan as JSON to ``python -m nrun_core.executors.slurm.submit`` over SSH otherwise
 (secret variables travel in the same stdin, never on a command line or on disk). Either way
 submitit writes the batch script and one pickled ``PointTask`` per array task, and runs sbatch;
 sbatch exports the submitting process's environment to the job, which is how ``secret_env``
@@ -62,7 +62,7 @@ def submit(plan: Plan) -> List[str]:
     """Submit; the Slurm id of each task in plan order (``<array>_<i>``, or the job id for one)."""
     import submitit
 
-    from nrun_core.executors.slurm_task import PointTask
+    from nrun_core.executors.slurm.task import PointTask
 
     executor = submitit.SlurmExecutor(folder=plan.folder, max_num_timeout=plan.max_num_timeout,
                                       python=plan.worker_python())

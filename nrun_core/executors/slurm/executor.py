@@ -21,13 +21,16 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from nrun_core import procs
 from nrun_core.errors import BackendError, ConfigError
-from nrun_core.executors import slurm_options, slurm_state
+from nrun_core.executors.slurm import options as slurm_options, state as slurm_state
 from nrun_core.executors.base import Ended, Event, Executor, Request, Started
-from nrun_core.executors.slurm_site import secret_values, site_for
+from nrun_core.executors.slurm.control import SlurmControl
+from nrun_core.executors.slurm.site import secret_values, site_for
+from nrun_core.placement import Placement, runtime_file
+from nrun_core.shell import join
 from nrun_core.spec import JobSpec
 
 POLL_INTERVAL_S = 1.0
@@ -44,16 +47,17 @@ class _Task:
     cancelling: bool = False
     ended: bool = False
     terminal_since: Optional[float] = None
+    running_since: Optional[float] = None   # monotonic, when squeue first said RUNNING
+    timing_out: bool = False                # nrun cancelled it at timeout_s
 
 
 class SlurmExecutor(Executor):
     name = "slurm"
-    wants_configs = True        # in-process points run from the configs the launcher composed
     start_before_detach = True  # sbatch runs in the launcher: a refused request fails the command
+    control_class = SlurmControl
 
-    def __init__(self, conf: Mapping[str, Any], *, configs: Optional[Mapping[int, Any]] = None) -> None:
-        super().__init__(conf)
-        self.configs = dict(configs or {})
+    def __init__(self, options: Any, ctx: Any) -> None:
+        super().__init__(options, ctx)
         self._site: Any = None
         self._tasks: Dict[int, _Task] = {}
         self._events: List[Event] = []
@@ -65,36 +69,54 @@ class SlurmExecutor(Executor):
     @property
     def site(self) -> Any:
         if self._site is None:
-            self._site = site_for(self.conf)
+            self._site = site_for(self.opts)
         return self._site
 
+    @property
+    def slurm(self) -> SlurmControl:
+        """The stateless squeue/sacct/scancel the executor polls with, on its own site."""
+        return SlurmControl({"id": self.ctx.sweep_id}, site=self.site)
+
     # -- contract ----------------------------------------------------------------------
+    @property
+    def same_python(self) -> bool:  # type: ignore[override]
+        """The nodes run this Python from a shared filesystem, unless told otherwise."""
+        o = self.opts
+        return not (o.ssh.host or o.container_image or o.python)
+
+    def check_options(self) -> None:
+        slurm_options.check(self.opts)
+
+    def header(self) -> str:
+        return f"slurm: time limit of each point: {slurm_options.time_text(self.opts)}"
+
     def validate(self, specs: Sequence[JobSpec]) -> None:
-        slurm_options.check(self.conf)
         for spec in specs:
             self.mode(spec)
         self._resolve_dependency()
         # A dry run only renders: it must work where Slurm is not reachable (a laptop).
-        if self.conf.get("test_only", True) and specs and not self.conf.get("dry_run"):
-            plan = self.plan(self.site.prepare(specs, ship=False), payload=False)
-            from nrun_core.executors.slurm_submit import render
+        if self.opts.test_only and specs and not self.opts.dry_run:
+            plan = self.plan(self.site.prepare(specs, ship=False))
+            from nrun_core.executors.slurm.submit import render
 
             out = self.site.run(["sbatch", "--test-only"], input=render(plan))
             if out.returncode != 0:
                 raise ConfigError(_refusal((out.stderr or out.stdout).strip()))
 
     def render(self, specs: Sequence[JobSpec]) -> List[Request]:
-        from nrun_core.executors.slurm_submit import render
+        from nrun_core.executors.slurm.submit import render
 
         specs = self.site.prepare(specs, ship=False)  # over SSH: the paths on the login node
-        plan = self.plan(specs, payload=False)
+        plan = self.plan(specs)
         lines = [f"# array task -> point ({len(specs)} point(s)); each task runs "
                  f"`{plan.worker_python()} -u -m submitit.core._submit` with a pickled PointTask:"]
         for i, (spec, task) in enumerate(zip(specs, plan.tasks)):
-            how = ("in-process (the config composed here, run by @hydra.main's function); equivalent to"
+            how = ("in-process (the point runtime in the worker, on the payload); equivalent to"
                    if task["mode"] == "inprocess" else "command")
+            runtime = runtime_file() if not self.site.remote else "<nrun on the login node>/runtime/point.py"
+            where = Placement(python=task.get("python") or plan.python, runtime=runtime, code_dir=task["code_dir"])
             lines.append(f"#   {i}: point #{spec.index} {' '.join(spec.overrides)}\n#      {how}: "
-                         f"{_shell(spec.command, task.get('python'))}\n#      logs: {spec.stdout}")
+                         f"{join(where.argv(spec))}\n#      cwd: {where.workdir(spec)}\n#      logs: {spec.stdout}")
         if specs and plan.params["nodes"] * plan.params["ntasks_per_node"] > 1:
             port = f"{plan.tasks[0]['rdzv_port']}+SLURM_JOB_ID%1000"
             lines.append("#   on each Slurm task: " + (
@@ -104,13 +126,14 @@ class SlurmExecutor(Executor):
                 f"MASTER_ADDR=<first node> MASTER_PORT={port}"))
         from nrun_core.options import secret_looking_env
 
-        hidden = set(secret_looking_env(self.conf))
+        hidden = set(secret_looking_env(self.opts))
         env = "".join(f"#   {k}={'<redacted>' if k in hidden else v}\n"
                       for k, v in sorted((specs[0].env if specs else {}).items()))
         env += "".join(f"#   {n}=<exported from the launching shell by sbatch, never written down>\n"
                        for n in (specs[0].secret_env if specs else []))
+        lines.append(f"# time limit of each point: {slurm_options.time_text(self.opts)}")
         text = render(plan) + "\n" + "\n".join(lines) + "\n" + (f"# environment of every point:\n{env}" if env else "")
-        where = f" on {self.conf['ssh']['host']} over SSH" if self.site.remote else ""
+        where = f" on {self.opts.ssh.host} over SSH" if self.site.remote else ""
         return [Request(title=f"sbatch script{where}: one array of {len(specs)} point(s)", text=text)]
 
     def start(self, specs: Sequence[JobSpec]) -> None:
@@ -130,7 +153,7 @@ class SlurmExecutor(Executor):
         now = time.monotonic()
         for spec, bid in zip(specs, ids):
             self._tasks[spec.index] = _Task(spec=spec, backend_id=bid, submitted=now, folder=plan.folder)
-            self._events.append(Started(idx=spec.index, backend_id=bid))
+            self._events.append(Started(idx=spec.index, backend_id=bid, queued=True))
         self._next_query = now + 0.3  # squeue knows a job ~20 ms after sbatch
 
     def busy(self) -> bool:
@@ -160,7 +183,7 @@ class SlurmExecutor(Executor):
             ids = slurm_state.array_ids(t.backend_id for t in targets)
         else:
             ids = [t.backend_id for t in targets]
-        out = self.site.run(["scancel", *ids])
+        out = self.slurm.scancel(ids)
         print(f"[nrun] slurm: scancel {' '.join(ids)} ({len(targets)} point(s))"
               + ("" if out.returncode == 0 else f" failed: {(out.stderr or out.stdout).strip()}"),
               file=sys.stderr, flush=True)
@@ -169,7 +192,7 @@ class SlurmExecutor(Executor):
     # -- planning ----------------------------------------------------------------------
     def mode(self, spec: JobSpec) -> str:
         """inprocess or command for this point (ConfigError if inprocess was asked but cannot be)."""
-        asked = self.conf.get("mode", "auto")
+        asked = self.opts.mode
         if asked == "command":
             return "command"
         blockers = self._not_in_process(spec)
@@ -179,61 +202,51 @@ class SlurmExecutor(Executor):
         return "command" if blockers else "inprocess"
 
     def _not_in_process(self, spec: JobSpec) -> List[str]:
-        c = self.conf
+        c = self.opts
         why = []
         if spec.launcher != "direct":
             why.append(f"nrun/launcher={spec.launcher} runs a command")
-        if spec.nodes > 1 or (c.get("ntasks_per_node") or 1) > 1:
+        if spec.nodes > 1 or (c.ntasks_per_node or 1) > 1:
             why.append("several nodes or tasks run the command once per task")
-        if c.get("container_image"):
+        if c.container_image:
             why.append("container points run as commands in the image")
-        if (c.get("ssh") or {}).get("host"):
-            why.append("over SSH the point runs from the shipped code as a command")
-        if spec.index not in self.configs:
-            why.append("the launcher did not hand over the point's composed config")
         return why
 
-    def plan(self, specs: Sequence[JobSpec], payload: bool = True) -> Any:
-        """The submission as plain data; ``payload=False`` skips pickling configs (script only)."""
-        from nrun_core.executors.slurm_submit import Plan
+    def plan(self, specs: Sequence[JobSpec]) -> Any:
+        """The submission as plain data (the specs as the cluster sees them: ``site.prepare``)."""
+        from nrun_core.executors.slurm.submit import Plan
 
-        c = self.conf
+        c = self.opts
         root = _sweep_root(specs)
-        folder = c.get("submitit_folder") or os.path.join(root, ".submitit")
+        folder = c.submitit_folder or os.path.join(root, ".submitit")
         folder = folder if "%j" in folder else os.path.join(folder, "%j")
         python = slurm_options.python(c, sys.executable) or sys.executable
-        command_python = slurm_options.python(c, None)  # replaces the launcher's interpreter path
-        layout_port = int(((c.get("launcher") or {}).get("rdzv_port")) or 29500)
-        requeue = int(c.get("max_num_timeout", 0)) > 0
-        tasks = []
-        for spec in specs:
-            mode = self.mode(spec)
-            config = (pickle.dumps(self.configs[spec.index], protocol=4)
-                      if mode == "inprocess" and payload else None)
-            tasks.append({"spec": spec.as_dict(), "mode": mode, "config": config,
-                          "python": command_python, "rdzv_port": layout_port, "requeue": requeue})
-        mounts = _outermost([root, folder.split("%j")[0], *(s.workdir for s in specs),
-                             *(os.path.dirname(a) for s in specs for a in s.command[1:2] if os.path.isabs(a))])
+        command_python = slurm_options.python(c, None)  # the point's Python, when not the worker's
+        layout_port = int(((c.launcher or {}).get("rdzv_port")) or 29500)
+        requeue = int(c.max_num_timeout) > 0
+        tasks = [{"spec": spec.as_dict(), "mode": self.mode(spec), "code_dir": self.site.code_dir(spec),
+                  "python": command_python, "rdzv_port": layout_port, "requeue": requeue} for spec in specs]
+        mounts = _outermost([root, folder.split("%j")[0], *(t["code_dir"] for t in tasks),
+                             os.path.dirname(runtime_file()), *self.ctx.host_dirs])
         params = slurm_options.parameters(c, job_name=self._job_name(specs), dependency=self._resolve_dependency(),
                                           auto_mounts=mounts)
         return Plan(folder=folder, python=python, exec_worker=not params["use_srun"], params=params,
-                    max_num_timeout=int(c.get("max_num_timeout", 0)), tasks=tasks)
+                    max_num_timeout=int(c.max_num_timeout), tasks=tasks)
 
     def _job_name(self, specs: Sequence[JobSpec]) -> str:
-        if self.conf.get("sweep_name"):
-            return str(self.conf["sweep_name"])
+        if self.opts.sweep_name:
+            return str(self.opts.sweep_name)
         for spec in specs:
-            if spec.index in self.configs:
-                return str(self.configs[spec.index].hydra.job.name)
-        scripts = [a for s in specs[:1] for a in s.command[1:] if a.endswith(".py")]
-        return Path(scripts[0]).stem if scripts else "nrun"
+            if spec.index in self.ctx.configs:
+                return str(self.ctx.configs[spec.index].hydra.job.name)
+        return "nrun"
 
     def _resolve_dependency(self) -> Optional[str]:
         if not self._dependency_resolved:
-            from nrun_core.executors import slurm_deps
+            from nrun_core.executors.slurm import deps as slurm_deps
             from nrun_core.store import Store
 
-            self._dependency = slurm_deps.resolve(self.conf.get("dependencies") or [], Store)
+            self._dependency = slurm_deps.resolve(self.opts.dependencies or [], Store)
             self._dependency_resolved = True
         return self._dependency
 
@@ -242,14 +255,10 @@ class SlurmExecutor(Executor):
         active = [t for t in self._tasks.values() if not t.ended]
         if not active:
             return
-        jobs = slurm_state.array_ids(t.backend_id for t in active)
-        out = self.site.run(["squeue", "-h", "--states=all", "-o", slurm_state.SQUEUE_FORMAT,
-                             "-j", ",".join(jobs)], timeout=30)
-        if out.returncode != 0 and "Invalid job id" not in out.stderr:
-            self._warn("squeue", f"[nrun] slurm: squeue failed ({out.stderr.strip() or out.returncode}); "
-                                 "retrying every second")
+        states = self.slurm.squeue([t.backend_id for t in active])
+        if states is None:
+            self._warn("squeue", "[nrun] slurm: squeue failed; retrying every second")
             return
-        states = slurm_state.parse_squeue(out.stdout) if out.returncode == 0 else {}
         if self.site.remote:  # live logs: copy what running points wrote since the last poll
             for t in active:
                 st = states.get(t.backend_id)
@@ -260,6 +269,8 @@ class SlurmExecutor(Executor):
         now = time.monotonic()
         for t in active:
             st = states.get(t.backend_id)
+            if st is not None and st.state == "RUNNING":
+                self._running(t, now)
             if st is None:
                 unknown.append(t)
             elif not st.live:
@@ -272,10 +283,7 @@ class SlurmExecutor(Executor):
             self._ask_sacct(unknown, need_exit, now)
 
     def _ask_sacct(self, unknown: List["_Task"], need_exit: List["_Task"], now: float) -> None:
-        ids = [t.backend_id for t in unknown + need_exit]
-        out = self.site.run(["sacct", "-X", "-n", "-P", "-o", slurm_state.SACCT_FIELDS, "-j", ",".join(ids)],
-                            timeout=30)
-        found = slurm_state.parse_sacct(out.stdout) if out.returncode == 0 else {}
+        found = self.slurm.sacct([t.backend_id for t in unknown + need_exit])
         for t in need_exit:
             st = found.get(t.backend_id)
             if st is not None and not st.live:
@@ -289,14 +297,30 @@ class SlurmExecutor(Executor):
                 self._events.append(Ended(idx=t.spec.index, reason="lost",
                                           detail=f"Slurm has no record of {t.backend_id}"))
 
+    def _running(self, t: _Task, now: float) -> None:
+        """The task runs: start its clock (it was queued until now), and stop it at timeout_s
+        (Slurm's own limit has minute granularity and is only the backstop)."""
+        if t.running_since is None:
+            t.running_since = now
+            self._events.append(Started(idx=t.spec.index, backend_id=t.backend_id))
+        limit = t.spec.timeout_s
+        if limit and not t.timing_out and not t.cancelling and now - t.running_since >= limit:
+            t.timing_out = True
+            out = self.slurm.scancel([t.backend_id])
+            if out.returncode != 0:
+                self._warn(f"timeout-{t.backend_id}", f"[nrun] slurm: scancel {t.backend_id} at timeout_s failed: "
+                                                      f"{(out.stderr or out.stdout).strip()}")
+
     def _wants_exit_code(self, t: _Task, st: slurm_state.TaskState) -> bool:
         return st.state not in ("COMPLETED", "CANCELLED") and not os.path.exists(t.spec.result_file)
 
     def _end(self, t: _Task, st: slurm_state.TaskState) -> None:
         t.ended = True
         self.site.collect(t.spec, final=True)
-        reason, detail = slurm_state.ended_reason(st)
-        if reason == "cancelled" and t.cancelling:
+        reason, detail = slurm_state.ended_reason(st, slurm_options.time_text(self.opts))
+        if t.timing_out and reason in ("cancelled", "timeout"):
+            reason, detail = "timeout", ""   # the runner names hydra.launcher.timeout_s
+        elif reason == "cancelled" and t.cancelling:
             detail = "cancelled (scancel)"
         exit_code = st.exit_code if st.exit_code is not None else (0 if st.state == "COMPLETED" else None)
         if reason == "exited" and st.state != "COMPLETED" and not os.path.exists(t.spec.result_file):
@@ -309,7 +333,7 @@ class SlurmExecutor(Executor):
         log = folder / f"{t.backend_id}_0_log.err"
         text = f"Slurm task {t.backend_id}, submitit log {log}"
         if self.site.remote:
-            return text + f" on {self.conf['ssh']['host']}"
+            return text + f" on {self.opts.ssh['host']}"
         try:
             with open(folder / f"{t.backend_id}_0_result.pkl", "rb") as f:
                 outcome, payload = pickle.load(f)
@@ -323,60 +347,6 @@ class SlurmExecutor(Executor):
         if key not in self._warned:
             self._warned.add(key)
             print(text, file=sys.stderr, flush=True)
-
-    # -- from another shell --------------------------------------------------------------
-    @classmethod
-    def cancel_recorded(cls, sweep: Dict[str, Any], points: List[Dict[str, Any]]) -> List[int]:
-        ids = [str(p["backend_id"]) for p in points if p.get("backend_id")]
-        if not ids:
-            return []
-        site = site_for(sweep.get("conf") or {})
-        try:
-            out = site.run(["scancel", *ids])
-        finally:
-            site.close()
-        if out.returncode != 0:
-            raise BackendError(f"scancel {' '.join(ids)} failed: {(out.stderr or out.stdout).strip()}")
-        return [p["idx"] for p in points if p.get("backend_id")]
-
-    _probe_cache: Dict[str, Any] = {}
-
-    @classmethod
-    def probe_recorded(cls, sweep: Dict[str, Any], point: Dict[str, Any]) -> Optional[bool]:
-        bid = point.get("backend_id")
-        if not bid:
-            return None
-        cached = cls._probe_cache.get(sweep["id"])
-        if cached is None or time.monotonic() - cached[0] > 2.0:
-            cached = (time.monotonic(), cls._states_of(sweep))
-            cls._probe_cache[sweep["id"]] = cached
-        st = cached[1].get(str(bid))
-        if st is None:
-            return None if not cached[1] else False
-        return st.live
-
-    @classmethod
-    def _states_of(cls, sweep: Dict[str, Any]) -> Dict[str, slurm_state.TaskState]:
-        from nrun_core.store import Store
-
-        ids = [str(p["backend_id"]) for p in Store().points(sweep["id"]) if p.get("backend_id")]
-        if not ids:
-            return {}
-        site = site_for(sweep.get("conf") or {})
-        try:
-            out = site.run(["squeue", "-h", "--states=all", "-o", slurm_state.SQUEUE_FORMAT,
-                            "-j", ",".join(slurm_state.array_ids(ids))])
-            found = slurm_state.parse_squeue(out.stdout) if out.returncode == 0 else {}
-            missing = [i for i in ids if i not in found]
-            if missing:
-                acct = site.run(["sacct", "-X", "-n", "-P", "-o", slurm_state.SACCT_FIELDS,
-                                 "-j", ",".join(missing)])
-                if acct.returncode == 0:
-                    found.update(slurm_state.parse_sacct(acct.stdout))
-        finally:
-            site.close()
-        return found
-
 
 def _sweep_root(specs: Sequence[JobSpec]) -> str:
     """The sweep dir: the common parent of the points' job dirs."""
@@ -395,15 +365,6 @@ def _outermost(paths: Sequence[str]) -> List[str]:
         if p not in kept and not any(inside(p, k) for k in norm):
             kept.append(p)
     return kept
-
-
-def _shell(command: Sequence[str], python: Optional[str]) -> str:
-    from nrun_core.shell import join
-
-    argv = ["hydra.job.id=<slurm id>" if a.startswith("hydra.job.id=") else a for a in command]
-    if python and argv:
-        argv[0] = python
-    return join(argv)
 
 
 _HINTS = (("partition", "hydra.launcher.partition"), ("time limit", "hydra.launcher.time"),

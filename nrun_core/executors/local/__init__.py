@@ -1,0 +1,1 @@
+"""nrun_local: points as isolated processes on this machine (``executor``)."""

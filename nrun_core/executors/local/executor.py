@@ -1,0 +1,261 @@
+"""nrun_local: each point an isolated process on this machine, at most ``max_parallel`` at once.
+
+Two ways to run a point, both through the point runtime (``nrun_core/runtime/point.py``):
+- fork: a forked child of the launcher runs the task function in-process with the config the
+  launcher composed (no new interpreter, no re-import: the cheapest way there is), in its own
+  process group, with its stdout/stderr in files. A segfault, ``os._exit`` or an OOM kill ends
+  only that child.
+- command: ``python nrun_point.py PAYLOAD`` (under torchrun, or from a packaged snapshot).
+Every point is a child subreaper: what it starts stays its descendant and is ended with it.
+Timeouts and cancels TERM the point's process group and every process it started, then KILL
+them and every process still tagged with the point's token after a grace period.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
+
+from nrun_core import placement, procs
+from nrun_core.errors import ConfigError
+from nrun_core.executors.base import BackendState, Control, Ended, Event, Request, Started, ENDED, RUNNING
+from nrun_core.executors.queue import GRACE_S, QueuedExecutor, Slot, default_parallelism  # noqa: F401
+from nrun_core.runtime.point import become_subreaper, descendants, end_leftovers
+from nrun_core.spec import JobSpec
+
+MODES = ("auto", "fork", "command")
+
+
+@dataclass
+class _Wakeup:
+    """SIGCHLD → a byte in a pipe, so waiting sleeps in select() and wakes when a child ends."""
+
+    r: int = -1
+    w: int = -1
+    old_fd: int = -1
+    old_handler: Any = None
+    active: bool = False
+
+    def install(self) -> None:
+        if self.active:
+            return
+        self.r, self.w = os.pipe()
+        os.set_blocking(self.r, False)
+        os.set_blocking(self.w, False)
+        try:
+            self.old_fd = signal.set_wakeup_fd(self.w, warn_on_full_buffer=False)
+            self.old_handler = signal.signal(signal.SIGCHLD, lambda *_: None)
+            self.active = True
+        except ValueError:  # not the main thread: fall back to short sleeps
+            os.close(self.r)
+            os.close(self.w)
+            self.r = self.w = -1
+
+    def wait(self, timeout: float) -> None:
+        if self.r < 0:
+            time.sleep(min(timeout, 0.05))
+            return
+        ready, _, _ = select.select([self.r], [], [], max(0.0, timeout))
+        if ready:
+            try:
+                while os.read(self.r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def remove(self) -> None:
+        if not self.active:
+            return
+        signal.set_wakeup_fd(self.old_fd)
+        signal.signal(signal.SIGCHLD, self.old_handler or signal.SIG_DFL)
+        os.close(self.r)
+        os.close(self.w)
+        self.active = False
+
+
+class LocalControl(Control):
+    """Local points from any shell: a pid with its start time is the backend id."""
+
+    def describe(self, points: Sequence[Dict[str, Any]]) -> Dict[int, Optional[BackendState]]:
+        out: Dict[int, Optional[BackendState]] = {}
+        for p in points:
+            if not p.get("pid"):
+                out[p["idx"]] = None
+            else:
+                live = procs.alive(p["pid"], p.get("pid_start"))
+                out[p["idx"]] = BackendState(RUNNING if live else ENDED)
+        return out
+
+    def cancel(self, points: Sequence[Dict[str, Any]]) -> List[int]:
+        stopped = []
+        for p in points:
+            if p.get("pid") and procs.alive(p["pid"], p.get("pid_start")):
+                tree = procs.snapshot(descendants(p["pid"]))
+                procs.kill_snapshot(tree, signal.SIGTERM)
+                procs.kill_group(p["pid"], grace_s=GRACE_S)
+                procs.kill_snapshot(tree)
+                stopped.append(p["idx"])
+        return stopped
+
+
+class LocalExecutor(QueuedExecutor):
+    name = "local"
+    same_python = True
+    control_class = LocalControl
+
+    def __init__(self, options: Any, ctx: Any) -> None:
+        super().__init__(options, ctx)
+        self.fork = False
+        self._wakeup = _Wakeup()
+
+    # -- contract ----------------------------------------------------------------------
+    def check_options(self) -> None:
+        if self.opts.mode not in MODES:
+            raise ConfigError(f"hydra.launcher.mode={self.opts.mode!r}: choose auto, fork or command")
+        if self.opts.nodes != 1:
+            raise ConfigError(f"hydra.launcher.nodes={self.opts.nodes}: nrun_local runs on this one "
+                              "machine; use nodes=1 (multi-node needs nrun_slurm, nrun_docker, ...)")
+
+    def choose_mode(self, *, packaged: bool) -> None:
+        """Fork when the points can run from this very process: the direct launcher, no snapshot."""
+        launcher = (self.opts.launcher or {}).get("name", "direct")
+        can_fork = not packaged and launcher == "direct" and self.ctx.run_in_process is not None
+        if self.opts.mode == "fork" and not can_fork:
+            raise ConfigError("hydra.launcher.mode=fork runs the task in the launcher's own tree: "
+                              "it needs nrun/launcher=direct and nrun/packager=passthrough; "
+                              "use mode=auto or mode=command")
+        self.fork = self.opts.mode == "fork" or (self.opts.mode == "auto" and can_fork)
+
+    def render(self, specs: Sequence[JobSpec]) -> List[Request]:
+        from nrun_core.shell import join
+
+        mode = "fork (in-process, equivalent to the command below)" if self.fork else "command"
+        out = []
+        for s in specs:
+            where = placement.local(s, sys.executable)
+            env = "".join(f"  {k}={v}\n" for k, v in sorted(s.env.items()))
+            secrets = "".join(f"  {k}=<from the launching shell>\n" for k in s.secret_env)
+            out.append(Request(
+                title=f"point {s.index}",
+                text=(f"mode: {mode}\ncwd: {where.workdir(s)}\nstdout: {s.stdout}\nstderr: {s.stderr}\n"
+                      f"timeout_s: {s.timeout_s}\nenv:\n{env}{secrets}command:\n  {join(where.argv(s))}\n")))
+        return out
+
+    def start(self, specs: Sequence[JobSpec]) -> None:
+        self._wakeup.install()
+        super().start(specs)
+
+    # -- QueuedExecutor --------------------------------------------------------------------
+    def launch(self, slot: Slot) -> List[Event]:
+        pid = self._spawn(slot)
+        slot.handle = pid
+        return [Started(idx=slot.spec.index, backend_id=str(pid), pid=pid, pid_start=procs.start_time(pid))]
+
+    def signal(self, slot: Slot, kill: bool) -> None:
+        pid = slot.handle
+        if not kill:
+            # Remember the whole tree now: once the point's main process dies, what it started
+            # would belong to init and be out of reach.
+            slot.extra["tree"] = procs.snapshot(descendants(pid))
+            procs.kill_snapshot(slot.extra["tree"], signal.SIGTERM)
+            _killpg(pid, signal.SIGTERM)
+        else:
+            self._kill_everything(slot)
+
+    def wait(self, timeout: float) -> List[Event]:
+        self._wakeup.wait(timeout)  # a child that already ended has left a byte: no sleep
+        events: List[Event] = []
+        for slot in list(self._live.values()):
+            try:
+                got, status, _usage = os.wait4(slot.handle, os.WNOHANG)
+            except ChildProcessError:
+                got, status = slot.handle, 0
+            if got == 0:
+                continue
+            if slot.reason:  # the group may hold survivors (torchrun workers, daemons): end them
+                self._kill_everything(slot)
+            else:
+                procs.kill_tagged(slot.token)  # what the point left behind, wherever it went
+            code = os.waitstatus_to_exitcode(status)
+            events.append(Ended(idx=slot.spec.index, reason="exited", exit_code=code,
+                                detail=procs.describe_exit(code, oom_hint=True)))
+        return events
+
+    def idle(self) -> None:
+        self._wakeup.remove()
+
+    # -- internals ---------------------------------------------------------------------
+    def _kill_everything(self, slot: Slot) -> None:
+        pid = slot.handle
+        tree = slot.extra.get("tree", []) + procs.snapshot(descendants(pid))
+        _killpg(pid, signal.SIGKILL)
+        procs.kill_snapshot(tree)
+        procs.kill_tagged(slot.token)
+
+    def _spawn(self, slot: Slot) -> int:
+        spec, token = slot.spec, slot.token
+        where = placement.local(spec, sys.executable)
+        env = {**where.env(spec, token=token), **placement.secret_values(spec.secret_env)}
+        os.makedirs(spec.nrun_dir, exist_ok=True)
+        out = os.open(spec.stdout, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        err = os.open(spec.stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        argv, cwd = where.argv(spec), where.workdir(spec)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid:
+            os.close(out)
+            os.close(err)
+            return pid
+        # ---- child: never returns -------------------------------------------------------
+        code = 70
+        try:
+            os.setpgid(0, 0)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.set_wakeup_fd(-1)
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(out, 1)
+            os.dup2(err, 2)
+            os.environ.update(env)
+            become_subreaper()  # kept across exec: the point's orphans stay its descendants
+            if self.fork:
+                procs.set_comm(procs.comm_tag(token))
+                # Fresh text streams: the parent's may hold locks taken by a thread at fork time.
+                sys.stdout = open(1, "w", buffering=1, closefd=False)
+                sys.stderr = open(2, "w", buffering=1, closefd=False)
+                assert self.ctx.run_in_process is not None
+                code = self.ctx.run_in_process(spec)
+            else:
+                os.chdir(cwd)
+                os.execvpe(argv[0], argv, os.environ)
+        except SystemExit as exc:  # the task turned a signal into an exit (Lightning does)
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException as exc:  # report anything, then leave without unwinding the parent's stack
+            try:
+                os.write(2, f"nrun: point {spec.index} could not run: {exc!r}\n".encode())
+            except OSError:
+                pass
+            code = 127 if not self.fork else 70
+        finally:
+            try:
+                if self.fork:
+                    end_leftovers()
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _killpg(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,86 @@
+"""The payload of a point: everything the point runtime needs to run it without composing again.
+
+Written by the launcher into the point's own nrun dir (``<job dir>/.nrun/<sweep id>/point.json``),
+read by ``nrun_core/runtime/point.py`` wherever the point lands. JSON around one pickle: the
+composed config, pickled so that it stays exactly what Hydra composed (structured-config types,
+enums, flags, the resolver cache that keeps ``${now:...}`` equal across points).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pickle
+from typing import Any, Dict, Optional, Set
+
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from nrun_core.runtime.point import FORMAT
+from nrun_core.spec import JobSpec
+
+# Parts of Hydra's own config whose structured types come from plugins (nrun's launcher schemas,
+# a sweeper plugin): informational in a point, and not importable where nrun is not installed.
+_PLUGIN_NODES = ("launcher", "sweeper")
+
+
+def portable(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with the plugin nodes of ``hydra`` as plain (untyped) configs, same values."""
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        for key in _PLUGIN_NODES:
+            node = cfg.hydra.get(key)
+            if OmegaConf.is_dict(node) and OmegaConf.get_type(node) not in (dict, None):
+                cfg.hydra[key] = OmegaConf.create(OmegaConf.to_container(node, resolve=False))
+    return cfg
+
+
+def redact_secrets(cfg: DictConfig, secret: Set[str]) -> DictConfig:
+    """The point's copy of nrun's own settings without secret values: Hydra would write them to
+    the point's `.hydra/hydra.yaml` (hydra.launcher.env, and the override that set it); the
+    values reach the point through its environment only."""
+    if not secret:
+        return cfg
+    from nrun_core.options import redacted_argv
+
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        env = cfg.hydra.launcher.get("env") if OmegaConf.is_dict(cfg.hydra.get("launcher")) else None
+        if env is not None:
+            for name in [k for k in env if k in secret]:
+                env[name] = "<redacted>"
+        hydra_overrides = cfg.hydra.overrides.hydra
+        cfg.hydra.overrides.hydra = redacted_argv(list(hydra_overrides), secret)
+    return cfg
+
+
+def build(spec: JobSpec, cfg: DictConfig, task: Dict[str, Any], *, code_root: str,
+          version_base: Optional[str], task_name: str) -> Dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "identity": spec.identity,
+        "task": task,
+        "task_name": task_name,
+        "version_base": version_base,
+        "code_root": code_root,
+        "job_dir": spec.job_dir,
+        "result_file": spec.result_file,
+        "config": {"pickle": base64.b64encode(pickle.dumps(portable(cfg), protocol=4)).decode()},
+    }
+
+
+def write(spec: JobSpec, payload: Dict[str, Any]) -> None:
+    """Atomically, readable by the point's user only (its config may hold anything)."""
+    path = spec.payload_file
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f)
+    os.replace(tmp, path)
+
+
+def version_base() -> Optional[str]:
+    """The app's @hydra.main(version_base=...) as Hydra recorded it in this process."""
+    from hydra import version
+
+    base = version.getbase()
+    return None if base is None or type(base) is type(version._UNSPECIFIED_) else str(base)

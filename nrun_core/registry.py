@@ -1,0 +1,89 @@
+"""The one table of executors: Hydra option → schema, executor class, default packager.
+
+The Hydra plugin, the sweep and the `nrun` command all read it. Built-in executors are listed
+here; a separate package adds its own through the entry-point group ``nrun.executors``:
+
+    [project.entry-points."nrun.executors"]
+    acme = "acme_nrun:EXECUTOR"          # an ExecutorEntry; `hydra/launcher=acme` selects it
+
+Imported by the plugin at every Hydra start: plain data and the standard library only; entry
+points are read only when a name is not built in (their scan costs milliseconds).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+GROUP = "nrun.executors"
+
+
+@dataclass(frozen=True)
+class ExecutorEntry:
+    option: str                        # `hydra/launcher=<option>`
+    schema: str                        # "module:Dataclass" (subclass of nrun_core.conf.NrunConf)
+    executor: str                      # "module:Class" (subclass of nrun_core.executors.base.Executor)
+    default_packager: str = "passthrough"  # chosen unless `nrun/packager=...` is given
+    name: str = ""                     # name in the store and `nrun list`; default: option
+
+    @property
+    def key(self) -> str:
+        return self.name or self.option
+
+
+BUILTIN = (
+    ExecutorEntry("nrun_local", "nrun_core.conf:LocalConf", "nrun_core.executors.local.executor:LocalExecutor",
+                  name="local"),
+    ExecutorEntry("nrun_slurm", "nrun_core.conf:SlurmConf", "nrun_core.executors.slurm.executor:SlurmExecutor",
+                  name="slurm"),
+    # Containers cannot see this tree: ship the code.
+    ExecutorEntry("nrun_docker", "nrun_core.conf:DockerConf", "nrun_core.executors.docker.executor:DockerExecutor",
+                  default_packager="workdir", name="docker"),
+)
+
+_plugins: Optional[Dict[str, ExecutorEntry]] = None
+
+
+def plugins() -> Dict[str, ExecutorEntry]:
+    """Executors other packages registered (by option), read once per process."""
+    global _plugins
+    if _plugins is None:
+        from importlib.metadata import entry_points
+
+        found: Dict[str, ExecutorEntry] = {}
+        for ep in entry_points(group=GROUP):
+            entry = ep.load()
+            if not isinstance(entry, ExecutorEntry):
+                raise TypeError(f"entry point {ep.name} = {ep.value} in group {GROUP} must be an "
+                                f"nrun_core.registry.ExecutorEntry, not {type(entry).__name__}")
+            found[entry.option] = entry
+        _plugins = found
+    return _plugins
+
+
+def by_option(option: str) -> ExecutorEntry:
+    for entry in BUILTIN:
+        if entry.option == option:
+            return entry
+    if option in plugins():
+        return plugins()[option]
+    raise KeyError(option)
+
+
+def by_name(name: str) -> ExecutorEntry:
+    """The entry of a stored sweep's executor (``local``, ``slurm``, a plugin's name)."""
+    for entry in (*BUILTIN, *plugins().values()):
+        if entry.key == name:
+            return entry
+    from nrun_core.errors import ConfigError
+
+    raise ConfigError(f"executor {name!r} is not installed here (built in: "
+                      f"{', '.join(e.key for e in BUILTIN)}; plugins: {', '.join(plugins()) or 'none'}); "
+                      f"install the package that provides it")
+
+
+def load(path: str) -> Any:
+    """``module:attr`` → the object."""
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)

@@ -1,0 +1,294 @@
+"""The executor conformance suite: the same scenarios on every executor and mode, real backends.
+
+Each scenario runs a Hydra app as a user does (a subprocess in a project dir) and checks what a
+user would: values reaching the sweeper, failures isolated, Hydra's job semantics (job dir,
+`.hydra/` files, job name, cwd) equal to Hydra's basic launcher, configs that pick the launcher
+or set hydra.mode themselves, programmatic task functions, cancel, detach, timeouts, secrets.
+
+Every backend nrun has, or will have, joins by adding one ``Backend`` to ``BACKENDS``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import pytest
+import yaml
+
+from conftest import APPS, PYTHON, nrun, states, status_json
+from docker_fixtures import docker_sandbox  # noqa: F401  (requested by backend())
+from require import missing
+
+SANDBOX_LABEL = '++hydra.launcher.labels={nrun.sandbox:"1"}'
+
+
+@dataclass(frozen=True)
+class Backend:
+    id: str
+    option: str                               # hydra/launcher=<option>
+    args: tuple = ()                          # options every sweep on it takes
+    sandbox: Optional[str] = None             # slurm | docker: the sandbox it needs
+    same_python: bool = True                  # runs this Python (closures go by value)
+    env: Dict[str, str] = field(default_factory=dict)
+
+    def launcher_args(self) -> List[str]:
+        args = [f"hydra/launcher={self.option}", *self.args]
+        if self.sandbox == "docker":
+            args += [f"hydra.launcher.image={os.environ['NRUN_SANDBOX_IMAGE']}", SANDBOX_LABEL]
+        return args
+
+
+BACKENDS = [
+    Backend("local-fork", "nrun_local", ("hydra.launcher.mode=fork",)),
+    Backend("local-command", "nrun_local", ("hydra.launcher.mode=command",)),
+    Backend("slurm-inprocess", "nrun_slurm", ("hydra.launcher.mode=inprocess",), sandbox="slurm"),
+    Backend("slurm-command", "nrun_slurm", ("hydra.launcher.mode=command",), sandbox="slurm"),
+    Backend("docker", "nrun_docker", (), sandbox="docker", same_python=False),
+    Backend("plugin-nice-spawn", "nice_spawn", ("hydra.launcher.niceness=5",)),
+]
+
+
+@pytest.fixture(params=BACKENDS, ids=[b.id for b in BACKENDS])
+def backend(request, monkeypatch) -> Backend:
+    b: Backend = request.param
+    if b.sandbox == "slurm":
+        env = request.getfixturevalue("slurm_cluster")
+    elif b.sandbox == "docker":
+        env = request.getfixturevalue("docker_sandbox")
+    else:
+        env = {}
+    if b.option == "nice_spawn":
+        try:
+            import nrun_example_executor  # noqa: F401
+        except ImportError:
+            missing("executor-plugin", "the example executor plugin is not installed: "
+                    "pip install -e examples/executor_plugin")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return b
+
+
+@pytest.fixture
+def proj(tmp_path: Path) -> Path:
+    """A project dir holding the test apps (packagers ship it); sweeps write beside it."""
+    p = tmp_path / "proj"
+    p.mkdir()
+    for name in ("sweep_app.py", "programmatic.py", "driver.py", "prog_tasks.py"):
+        shutil.copy(APPS / name, p)
+    shutil.copytree(APPS / "conf", p / "conf")
+    return p
+
+
+def launch(b: Optional[Backend], proj: Path, *args: str, app: str = "sweep_app.py", multirun: bool = True,
+           sweep_dir: Optional[Path] = None, env: Optional[Dict[str, str]] = None,
+           timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python APP [-m] <backend> ARGS` in the project dir; b=None is Hydra's basic launcher."""
+    sweep_dir = sweep_dir or proj.parent / "multirun"
+    cmd = [PYTHON, app, *(["-m"] if multirun else []), *(b.launcher_args() if b else []),
+           *(["hydra.launcher.progress=lines"] if b else []), *args, f"hydra.sweep.dir={sweep_dir}"]
+    return subprocess.run(cmd, cwd=proj, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def values() -> Dict[int, str]:
+    return {p["idx"]: p["value_repr"] for p in status_json()["points"]}
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if cond():
+                return
+        except (AssertionError, KeyError, IndexError, json.JSONDecodeError):
+            pass
+        time.sleep(0.3)
+    raise AssertionError("condition not met in time")
+
+
+# -- the scenarios -------------------------------------------------------------------------------
+def test_values_reach_the_sweeper(backend, proj, home, tmp_path):
+    record = tmp_path / "record.json"
+    ok(launch(backend, proj, "hydra/sweeper=nrun_test_record", "x=1,2,3",
+              env={"RECORD_FILE": str(record), "PYTHONPATH": str(APPS)}))
+    seen = json.loads(record.read_text())
+    assert [r["value"]["square"] for r in seen] == [1, 4, 9]          # in batches of two launches
+    assert all(r["status"] == "COMPLETED" for r in seen)
+    assert states() == {0: "COMPLETED", 1: "COMPLETED", 2: "COMPLETED"}
+
+
+def test_one_failing_point_does_not_hide_the_others(backend, proj, home, tmp_path):
+    proc = launch(backend, proj, "action=ok,raise,ok", "x=5")
+    assert proc.returncode != 0
+    assert states() == {0: "COMPLETED", 1: "FAILED", 2: "COMPLETED"}
+    assert "'square': 25" in values()[0] and "'square': 25" in values()[2]
+    assert "#1 FAILED" in proc.stderr and "ValueError: boom at x=5" in proc.stderr
+    assert str(tmp_path / "multirun" / "1" / "stderr.log") in proc.stderr
+    assert "ValueError: boom at x=5" in (tmp_path / "multirun" / "1" / "stderr.log").read_text()
+
+
+def test_overrides_reach_the_task_verbatim(backend, proj, home):
+    """Shell metacharacters in a value: every word built from user input is quoted (or never
+    goes through a shell); the task sees the value exactly."""
+    tricky = """a b; $(touch /tmp/nrun_pwned) `x` 'q' "dq" $HOME"""
+    Path("/tmp/nrun_pwned").unlink(missing_ok=True)
+    quoted = "'" + tricky.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    ok(launch(backend, proj, f"msg={quoted}", "x=1,2"))
+    assert all(f"'msg': {tricky!r}" in v for v in values().values()), values()
+    assert not Path("/tmp/nrun_pwned").exists()
+
+
+def test_hydra_job_semantics_equal_basic_launchers(backend, proj, home, tmp_path):
+    """hydra.* overrides (chdir, job name, sweep subdir) honoured; job dirs, `.hydra/` config and
+    overrides, job name and cwd as Hydra's basic launcher gives them."""
+    args = ["x=1,2", "action=cwd", "hydra.job.chdir=True", "hydra.job.name=custom",
+            "hydra.sweep.subdir=${hydra.job.num}_of_${hydra.job.name}"]
+    ok(launch(None, proj, *args, sweep_dir=tmp_path / "basic"))
+    ok(launch(backend, proj, *args))
+    for i in (0, 1):
+        ours, basic = tmp_path / "multirun" / f"{i}_of_custom", tmp_path / "basic" / f"{i}_of_custom"
+        assert values()[i] == repr(str(ours))                          # the task ran in its job dir
+        for name in ("config.yaml", "overrides.yaml"):
+            assert (ours / ".hydra" / name).read_text() == (basic / ".hydra" / name).read_text(), name
+        hydra_yaml = yaml.safe_load((ours / ".hydra" / "hydra.yaml").read_text())["hydra"]
+        basic_yaml = yaml.safe_load((basic / ".hydra" / "hydra.yaml").read_text())["hydra"]
+        assert hydra_yaml["job"]["name"] == "custom" and hydra_yaml["job"]["num"] == i
+        for key in ("name", "chdir", "override_dirname", "config_name"):
+            assert hydra_yaml["job"][key] == basic_yaml["job"][key], key
+        assert hydra_yaml["mode"] == basic_yaml["mode"]
+        assert hydra_yaml["overrides"]["task"] == basic_yaml["overrides"]["task"]
+        assert (ours / "custom.log").exists()                          # Hydra's job logging, named after the job
+        assert sorted(p.name for p in ours.iterdir() if not p.name.startswith(".") and p.suffix != ".log") == \
+            sorted(p.name for p in basic.iterdir() if not p.name.startswith(".") and p.suffix != ".log")
+
+
+def test_config_that_selects_the_launcher_runs(backend, proj, home):
+    """`defaults: [override hydra/launcher: ...]` in the app's config: the usual way to make a
+    launcher the project default. The points must not need that launcher where they run."""
+    (proj / "conf" / "pinned.yaml").write_text(
+        f"defaults:\n  - sweep_app\n  - override hydra/launcher: {backend.option}\n  - _self_\n")
+    args = [a for a in backend.launcher_args() if not a.startswith("hydra/launcher=")]
+    proc = subprocess.run([PYTHON, "sweep_app.py", "-m", "--config-name", "pinned", *args, "x=2,3",
+                           f"hydra.sweep.dir={proj.parent}/multirun"], cwd=proj, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    ok(proc)
+    assert status_json()["sweep"]["executor"] in (backend.option, backend.option.removeprefix("nrun_"))
+    assert "'square': 4" in values()[0] and "'square': 9" in values()[1]
+
+
+def test_config_that_sets_multirun_mode_with_optuna_runs_each_trial_once(backend, proj, home, tmp_path):
+    """`hparams_search=optuna` selects the Optuna sweeper and hydra.mode=MULTIRUN in YAML: each
+    point is one trial, never a study of its own."""
+    proc = ok(launch(backend, proj, "+hparams_search=optuna", multirun=False))
+    points = status_json()["points"]
+    assert len(points) == 4 and all(p["state"] == "COMPLETED" for p in points)
+    assert "Best value" in proc.stdout + proc.stderr or "best_value" in (tmp_path / "multirun" /
+                                                                         "optimization_results.yaml").read_text()
+    for i in range(4):
+        job = tmp_path / "multirun" / str(i)
+        assert (job / "stdout.log").read_text().count("point x=") == 1   # ran once
+        assert not (job / "multirun").exists() and not list(job.glob("**/multirun.yaml"))
+    assert not (proj / "multirun").exists()
+
+
+def test_programmatic_closure_runs_or_is_refused(backend, proj, home, tmp_path):
+    proc = launch(backend, proj, "x=1,2", app="programmatic.py")
+    if backend.same_python:
+        ok(proc)
+        assert values() == {0: "101", 1: "102"}
+        assert "closure point x=1" in (tmp_path / "multirun" / "0" / "stdout.log").read_text()
+    else:
+        assert proc.returncode == 2
+        assert "task function programmatic.build.<locals>.task" in proc.stderr or \
+            "build.<locals>.task" in proc.stderr
+        assert f"hydra/launcher={backend.option}" in proc.stderr and "Fix:" in proc.stderr
+        assert nrun("list").stdout.count("\n") <= 1                    # nothing was recorded or submitted
+
+
+def test_task_function_from_a_module_runs_not_the_wrapper(backend, proj, home, tmp_path):
+    ok(launch(backend, proj, "x=3,4", app="driver.py"))
+    assert values() == {0: "{'from': 'prog_tasks', 'x': 3}", 1: "{'from': 'prog_tasks', 'x': 4}"}
+    assert "module task x=3" in (tmp_path / "multirun" / "0" / "stdout.log").read_text()
+
+
+def test_detached_sweep_is_followed_from_another_shell(backend, proj, home):
+    proc = ok(launch(backend, proj, "x=2", "action=ok,raise", "hydra.launcher.wait=false"))
+    assert "nrun status" in proc.stderr
+    wait_for(lambda: states() == {0: "COMPLETED", 1: "FAILED"}, timeout=180)
+    assert "'square': 4" in values()[0]
+    points = status_json()["points"]
+    assert [p["attempts"] for p in points] == [1, 1]                    # retries=0: never run twice
+    assert "ValueError: boom at x=2" in points[1]["error"]
+    assert status_json()["sweep"]["state"] == "FAILED"
+
+
+def test_cancel_from_another_shell_stops_every_point(backend, proj, home):
+    ok(launch(backend, proj, "x=1,2", "action=sleep", "seconds=300", "hydra.launcher.wait=false"))
+    wait_for(lambda: all(p["state"] == "RUNNING" for p in status_json()["points"])
+             and all((Path(p["stdout"])).exists() and "point x=" in Path(p["stdout"]).read_text()
+                     for p in status_json()["points"]), timeout=180)
+    out = nrun("cancel", "last", timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    wait_for(lambda: set(states().values()) == {"CANCELLED"}, timeout=60)
+    assert _backend_is_empty(backend, status_json())
+
+
+def test_timeout_kills_the_point_and_names_the_setting(backend, proj, home):
+    proc = launch(backend, proj, "x=1", "action=sleep", "seconds=300", "hydra.launcher.timeout_s=4")
+    assert proc.returncode != 0
+    p = status_json()["points"][0]
+    assert p["state"] == "TIMEOUT" and "timeout_s=4" in p["error"]
+    assert p["ended"] - p["started"] < 60                               # stopped at the limit, not Slurm's minute
+    assert _backend_is_empty(backend, status_json())
+
+
+def test_no_secret_reaches_any_file(backend, proj, home, tmp_path):
+    secret, env_secret = "s3cr3t-conformance-9d2e", "envs3cret-conformance-41aa"
+    proc = ok(launch(backend, proj, "action=env", "env_names=[MY_TOKEN]", "x=1",
+                     "hydra.launcher.secret_env=[MY_TOKEN]", f"+hydra.launcher.env.WANDB_API_KEY={env_secret}",
+                     env={"MY_TOKEN": secret}))
+    digest = "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:16]
+    assert f"'MY_TOKEN': '{digest}'" in values()[0]                   # it arrived
+    hydra_own = tmp_path / "multirun" / "multirun.yaml"                 # Hydra saves hydra.launcher.env there
+    for path in [*home.rglob("*"), *(tmp_path / "multirun").rglob("*"), *proj.rglob("*")]:
+        if path.is_file():
+            data = path.read_bytes()
+            assert secret.encode() not in data, path
+            if path != hydra_own:
+                assert env_secret.encode() not in data, path
+    assert secret not in proc.stdout + proc.stderr and env_secret not in proc.stdout + proc.stderr
+    show = nrun("show", "last", "--json").stdout
+    assert secret not in show and env_secret not in show
+
+
+def _backend_is_empty(b: Backend, status: dict) -> bool:
+    """Nothing of the sweep is left running at its backend."""
+    sweep = status["sweep"]["id"]
+    if b.sandbox == "slurm":
+        ids = {p["backend_id"].split("_")[0] for p in status["points"] if p["backend_id"]}
+        out = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(ids)], capture_output=True, text=True)
+        return not out.stdout.strip() or "Invalid job id" in out.stderr
+    if b.sandbox == "docker":
+        import docker
+
+        client = docker.DockerClient(base_url=os.environ["DOCKER_HOST"], version="auto")
+        try:
+            return not client.containers.list(all=True, filters={"label": f"nrun.sweep={sweep}"})
+        finally:
+            client.close()
+    from nrun_core import procs
+
+    return not any(p["pid"] and procs.alive(p["pid"], p["pid_start"]) for p in status["points"])
