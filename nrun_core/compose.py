@@ -30,13 +30,33 @@ class FastComposer:
         self.full: Callable[[DictConfig, List[str]], DictConfig] = loader.load_sweep_config
         self._parser = OverridesParser.create()
         self._bases: Dict[Tuple[int, Tuple[str, ...]], DictConfig] = {}
+        self._validated: Dict[Tuple[int, Tuple[str, ...]], DictConfig] = {}
         self.fast_hits = 0
 
-    def install(self) -> None:
-        if not isinstance(getattr(self.loader, "load_sweep_config", None), _Installed):
-            self.loader.load_sweep_config = _Installed(self)
+    def install(self) -> "FastComposer":
+        """Put the fast path on Hydra's loader (once); returns the composer in place."""
+        current = getattr(self.loader, "load_sweep_config", None)
+        if isinstance(current, _Installed):
+            return current.composer
+        self.loader.load_sweep_config = _Installed(self)
+        return self
 
-    def load_sweep_config(self, master: DictConfig, overrides: List[str]) -> DictConfig:
+    def take(self, master: DictConfig, overrides: List[str]) -> DictConfig:
+        """The point's config: the one the sweeper's own validation just composed (Hydra's
+        BasicSweeper composes every point of a batch before launching it, then drops it), else
+        a fresh composition. Each composed config is handed out at most once more."""
+        cfg = self._validated.pop((id(master), tuple(overrides)), None)
+        return cfg if cfg is not None else self.load_sweep_config(master, overrides, keep=False)
+
+    def load_sweep_config(self, master: DictConfig, overrides: List[str], keep: bool = True) -> DictConfig:
+        cfg = self._compose(master, overrides)
+        if keep:
+            if len(self._validated) > 100_000:  # a sweeper that validates without launching
+                self._validated.clear()
+            self._validated[(id(master), tuple(overrides))] = cfg
+        return cfg
+
+    def _compose(self, master: DictConfig, overrides: List[str]) -> DictConfig:
         try:
             parsed = self._parser.parse_overrides(list(overrides))
         except Exception:

@@ -13,23 +13,31 @@ points are read only when a name is not built in (their scan costs milliseconds)
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 GROUP = "nrun.executors"
 
 
-@dataclass(frozen=True)
 class ExecutorEntry:
-    option: str                        # `hydra/launcher=<option>`
-    schema: str                        # "module:Dataclass" (subclass of nrun_core.conf.NrunConf)
-    executor: str                      # "module:Class" (subclass of nrun_core.executors.base.Executor)
-    default_packager: str = "passthrough"  # chosen unless `nrun/packager=...` is given
-    name: str = ""                     # name in the store and `nrun list`; default: option
+    """One executor. A plain class, not a dataclass: this module is imported at every Hydra
+    start, and building a dataclass costs a millisecond."""
+
+    __slots__ = ("option", "schema", "executor", "default_packager", "name")
+
+    def __init__(self, option: str, schema: str, executor: str, default_packager: str = "passthrough",
+                 name: str = "") -> None:
+        self.option = option                      # `hydra/launcher=<option>`
+        self.schema = schema                      # "module:Dataclass" (subclass of nrun_core.conf.NrunConf)
+        self.executor = executor                  # "module:Class" (subclass of executors.base.Executor)
+        self.default_packager = default_packager  # chosen unless `nrun/packager=...` is given
+        self.name = name                          # name in the store and `nrun list`; default: option
 
     @property
     def key(self) -> str:
         return self.name or self.option
+
+    def __repr__(self) -> str:
+        return f"ExecutorEntry({self.option!r}, {self.schema!r}, {self.executor!r})"
 
 
 BUILTIN = (
@@ -73,7 +81,10 @@ def by_option(option: str) -> ExecutorEntry:
 
 def by_name(name: str) -> ExecutorEntry:
     """The entry of a stored sweep's executor (``local``, ``slurm``, a plugin's name)."""
-    for entry in (*BUILTIN, *plugins().values()):
+    for entry in BUILTIN:
+        if entry.key == name:
+            return entry
+    for entry in plugins().values():
         if entry.key == name:
             return entry
     from nrun_core.errors import ConfigError

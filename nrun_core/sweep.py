@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, setup_globals
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from nrun_core import options as opts
 from nrun_core import payload, procs, registry, taskref, wrappers
@@ -45,7 +45,7 @@ class Sweep:
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
         from nrun_core.compose import FastComposer
 
-        FastComposer(hydra_context.config_loader).install()
+        self.composer = FastComposer(hydra_context.config_loader).install()
         self.sweep_id: Optional[str] = None
         self._store: Optional[Store] = None
         self._configs: Dict[int, DictConfig] = {}
@@ -129,10 +129,10 @@ class Sweep:
                                     detail="resumed: completed in an earlier sweep")
         todo = [s for s in specs if s.index not in reused]
         if task is not None:
-            root = _code_root(artifact)
+            root, base, pickler = _code_root(artifact), payload.version_base(), payload.Pickler()
             for s in todo:
-                payload.write(s, payload.build(s, configs[s.index], task, code_root=root,
-                                               version_base=payload.version_base(), task_name=self.task_name))
+                payload.write(s, payload.build(s, configs[s.index], task, code_root=root, version_base=base,
+                                               task_name=self.task_name, pickler=pickler))
         rows = {s.index: Row(s.index, " ".join(s.overrides)) for s in todo}
         if not o.get("wait", True):
             from nrun_core.detach import detach
@@ -148,9 +148,8 @@ class Sweep:
 
     # -- composition and specs -----------------------------------------------------------
     def _compose(self, idx: int, overrides: List[str]) -> DictConfig:
-        loader = self.hydra_context.config_loader
         try:
-            cfg = loader.load_sweep_config(self.config, overrides)
+            cfg = self.composer.take(self.config, overrides)
         except Exception as exc:
             raise ConfigError(f"point #{idx} ({' '.join(overrides)}) does not compose: {exc}. "
                               "Nothing was submitted.") from exc
@@ -308,11 +307,10 @@ class Sweep:
     def _job_return(self, cfg: DictConfig, spec: JobSpec, outcome: Outcome) -> JobReturn:
         """What Hydra's run_job returns for the point, with the value the point returned."""
         task_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
-        hydra_cfg = OmegaConf.masked_copy(cfg, "hydra")
-        with open_dict(hydra_cfg.hydra.runtime):
-            hydra_cfg.hydra.runtime.output_dir = spec.job_dir
+        with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):  # as run_job sets it
+            cfg.hydra.runtime.output_dir = spec.job_dir
         chdir = cfg.hydra.job.chdir
-        ret = JobReturn(overrides=list(cfg.hydra.overrides.task), cfg=task_cfg, hydra_cfg=hydra_cfg,
+        ret = JobReturn(overrides=list(cfg.hydra.overrides.task), cfg=task_cfg, hydra_cfg=cfg,
                         working_dir=spec.job_dir if chdir else os.getcwd(), task_name=self.task_name)
         if outcome.state == COMPLETED:
             ret.status, ret._return_value = JobStatus.COMPLETED, outcome.value

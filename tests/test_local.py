@@ -140,7 +140,7 @@ def test_resume_skips_points_that_completed(home, tmp_path):
 def test_plugin_is_registered_with_hydra(tmp_path):
     out = subprocess.run([PYTHON, str(APPS / "sweep_app.py"), "--info", "plugins"], capture_output=True,
                          text=True, cwd=tmp_path, check=True).stdout
-    assert "NrunLauncher" in out and "NrunPluginSource" in out
+    assert "NrunLauncher" in out and "NrunSearchPath" in out
     cfg = subprocess.run([PYTHON, str(APPS / "sweep_app.py"), "--cfg", "hydra", LOCAL, "nrun/launcher=torchrun"],
                          capture_output=True, text=True, cwd=tmp_path, check=True).stdout
     assert "NrunLauncher" in cfg and "_executor_: local" in cfg

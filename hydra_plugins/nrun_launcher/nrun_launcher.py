@@ -8,19 +8,17 @@ Registration is lazy. ``ConfigStore.store`` turns a dataclass into an OmegaConf 
 (a few ms each, paid by every Hydra app, nrun user or not); Hydra deep-copies a stored node each
 time it loads one, so nodes stored here build the structured config in ``__deepcopy__``, only
 when an nrun launcher is actually selected. Executors of other packages (entry points) are
-served by ``NrunPluginSource``, which reads the entry points only when Hydra asks for a launcher
-that no other source has.
+registered the same way, by the launcher group itself, only when Hydra asks it for a name it
+lacks (``_PluginAwareGroup``).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.core.config_store import ConfigNode, ConfigStore
-from hydra.core.object_type import ObjectType
-from hydra.plugins.config_source import ConfigLoadError, ConfigResult, ConfigSource
 from hydra.plugins.launcher import Launcher
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 
@@ -72,18 +70,64 @@ def _register(group: str, name: str, build: Callable[[], Any], package: str) -> 
                                       package=package, provider="nrun")
 
 
+def _register_executor(entry: registry.ExecutorEntry) -> None:
+    _register("nrun/schema", entry.option, lambda: _schema(entry), "hydra.launcher")
+    _register("hydra/launcher", entry.option, lambda: _entry(entry), "_global_")
+
+
+class _PluginAwareGroup(dict):
+    """A ConfigStore group (`hydra/launcher`, `nrun/schema`) that, asked for a name it lacks,
+    reads the ``nrun.executors`` entry points once and registers the executors found there.
+
+    Hydra asks the ConfigStore only for configs no file source has, so a plain Hydra app (whose
+    `basic` launcher is right here) never pays for the entry-point scan. Deep copies (Hydra's
+    caching repository copies the whole store at every composition) share the group: it is
+    only ever read, and an executor found later is then found by every copy.
+    """
+
+    def __contains__(self, key: object) -> bool:
+        return dict.__contains__(self, key) or self._load(key)
+
+    def __getitem__(self, key: Any) -> Any:
+        if not dict.__contains__(self, key):
+            self._load(key)
+        return dict.__getitem__(self, key)
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> "_PluginAwareGroup":
+        return self
+
+    def _load(self, key: object) -> bool:
+        global _plugins_registered
+        if _plugins_registered or not isinstance(key, str):
+            return False
+        _plugins_registered = True  # all of them at once: Hydra's "available options" list them too
+        for entry in registry.plugins().values():
+            _register_executor(entry)
+        return dict.__contains__(self, key)
+
+
+_plugins_registered = False
+
+
+def _plugin_aware(group: str) -> None:
+    parent, _, leaf = group.rpartition("/")
+    node = ConfigStore.instance().repo
+    for part in parent.split("/"):
+        node = node.setdefault(part, {})
+    node[leaf] = _PluginAwareGroup(node.get(leaf, {}))
+
+
 for _e in registry.BUILTIN:
-    _register("nrun/schema", _e.option, lambda e=_e: _schema(e), "hydra.launcher")
-    _register("hydra/launcher", _e.option, lambda e=_e: _entry(e), "_global_")
+    _register_executor(_e)
+_plugin_aware("hydra/launcher")
+_plugin_aware("nrun/schema")
 
 
 class NrunSearchPath(SearchPathPlugin):
-    """Adds nrun's YAML groups (`nrun/packager`, `nrun/launcher`) shipped in the wheel, and the
-    source of executors registered by other packages."""
+    """Adds nrun's YAML groups (`nrun/packager`, `nrun/launcher`) shipped in the wheel."""
 
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
         search_path.append(provider="nrun", path=f"file://{_conf_dir()}")
-        search_path.append(provider="nrun-plugins", path=f"{NrunPluginSource.scheme()}://executors")
 
 
 def _conf_dir() -> str:
@@ -91,56 +135,6 @@ def _conf_dir() -> str:
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     wheel = os.path.join(root, "nrun_conf")
     return wheel if os.path.isdir(wheel) else os.path.join(root, "conf")
-
-
-class NrunPluginSource(ConfigSource):
-    """`hydra/launcher=<name>` for executors of other packages (entry points ``nrun.executors``).
-
-    Searched after the file sources, so it is asked only about configs they lack; it reads the
-    entry points only for a launcher name that no file and no structured config has (Hydra's
-    `basic` lives in the ConfigStore, searched after this source), or when Hydra lists the
-    launcher group (help, errors).
-    """
-
-    _GROUPS = {"hydra/launcher": "_global_", "nrun/schema": "hydra.launcher"}
-
-    @staticmethod
-    def scheme() -> str:
-        return "nrun-plugins"
-
-    def _split(self, config_path: str) -> Optional[tuple]:
-        path = self._normalize_file_name(config_path.strip("/"))
-        group, _, name = path.rpartition("/")
-        name = name[: -len(".yaml")] if name.endswith(".yaml") else name
-        if group not in self._GROUPS:
-            return None
-        if ConfigStore.instance().get_type(f"{group}/{name}.yaml") == ObjectType.CONFIG:
-            return None  # a structured config (Hydra's own `basic`, ...): the schema source has it
-        entry = registry.plugins().get(name)
-        return (group, entry) if entry is not None else None
-
-    def load_config(self, config_path: str) -> ConfigResult:
-        found = self._split(config_path)
-        if found is None:
-            raise ConfigLoadError(f"nrun has no executor plugin for {config_path}")
-        group, entry = found
-        node = _entry(entry) if group == "hydra/launcher" else _schema(entry)
-        return ConfigResult(config=node, path=f"{self.scheme()}://{self.path}", provider=self.provider,
-                            header={"package": self._GROUPS[group]})
-
-    def available(self) -> bool:
-        return True
-
-    def is_group(self, config_path: str) -> bool:
-        return config_path.strip("/") in self._GROUPS
-
-    def is_config(self, config_path: str) -> bool:
-        return self._split(config_path) is not None
-
-    def list(self, config_path: str, results_filter: Optional[ObjectType]) -> List[str]:
-        if config_path.strip("/") not in self._GROUPS or results_filter == ObjectType.GROUP:
-            return []
-        return sorted(registry.plugins())
 
 
 class NrunLauncher(Launcher):

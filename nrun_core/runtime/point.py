@@ -276,7 +276,30 @@ def become_subreaper() -> bool:
 
 
 def descendants(pid: int) -> List[int]:
-    """Every live descendant of ``pid`` (one pass over /proc)."""
+    """Every live descendant of ``pid``: the kernel's children lists (a few reads), or one pass
+    over /proc where the kernel keeps none."""
+    if not os.path.exists(f"/proc/{pid}/task/{pid}/children"):
+        return _descendants_by_scan(pid)
+    out: List[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:  # it ended while we looked
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except OSError:
+                continue
+            out += kids
+            todo += kids
+    return out
+
+
+def _descendants_by_scan(pid: int) -> List[int]:
     children: Dict[int, List[int]] = {}
     try:
         entries = os.listdir("/proc")

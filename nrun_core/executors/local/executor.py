@@ -13,6 +13,7 @@ them and every process still tagged with the point's token after a grace period.
 
 from __future__ import annotations
 
+import gc
 import os
 import select
 import signal
@@ -177,11 +178,11 @@ class LocalExecutor(QueuedExecutor):
                 got, status = slot.handle, 0
             if got == 0:
                 continue
+            code = os.waitstatus_to_exitcode(status)
             if slot.reason:  # the group may hold survivors (torchrun workers, daemons): end them
                 self._kill_everything(slot)
-            else:
-                procs.kill_tagged(slot.token)  # what the point left behind, wherever it went
-            code = os.waitstatus_to_exitcode(status)
+            elif code != 0:  # a point that died hard could not end what it started: do it here
+                procs.kill_tagged(slot.token)
             events.append(Ended(idx=slot.spec.index, reason="exited", exit_code=code,
                                 detail=procs.describe_exit(code, oom_hint=True)))
         return events
@@ -226,6 +227,9 @@ class LocalExecutor(QueuedExecutor):
             os.environ.update(env)
             become_subreaper()  # kept across exec: the point's orphans stay its descendants
             if self.fork:
+                # Inherited objects move to the permanent generation: the child's collector never
+                # walks (and so never copies on write) the launcher's heap.
+                gc.freeze()
                 procs.set_comm(procs.comm_tag(token))
                 # Fresh text streams: the parent's may hold locks taken by a thread at fork time.
                 sys.stdout = open(1, "w", buffering=1, closefd=False)
