@@ -100,6 +100,7 @@ def build(spec: JobSpec, cfg: DictConfig, task: Dict[str, Any], *, code_root: st
         "task_name": task_name,
         "version_base": version_base,
         "code_root": code_root,
+        "launch_cwd": os.getcwd(),
         "job_dir": spec.job_dir,
         "result_file": spec.result_file,
         "config": {"pickle": base64.b64encode(config).decode()},

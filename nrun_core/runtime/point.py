@@ -173,16 +173,19 @@ def _place(cfg: Any, payload: Dict[str, Any], code_dir: str) -> None:
     from omegaconf import open_dict, read_write
 
     job_id = os.environ.get("NRUN_JOB_ID")
-    job_dir = os.environ.get("NRUN_JOB_DIR")
+    job_dir = os.path.normpath(os.environ.get("NRUN_JOB_DIR") or payload["job_dir"])
     relocated = os.path.realpath(code_dir) != os.path.realpath(payload["code_root"])
+    moved = os.path.realpath(os.getcwd()) != os.path.realpath(payload.get("launch_cwd") or os.getcwd())
     with read_write(cfg.hydra), open_dict(cfg.hydra):
         if job_id:
             cfg.hydra.job.id = job_id
         if relocated:  # get_original_cwd(): the directory the code runs from here
             cfg.hydra.runtime.cwd = os.getcwd()
-        if job_dir and os.path.normpath(job_dir) != os.path.normpath(payload["job_dir"]):
-            cfg.hydra.sweep.dir = os.path.dirname(os.path.normpath(job_dir))
-            cfg.hydra.sweep.subdir = os.path.basename(os.path.normpath(job_dir))
+        # The job dir where the launcher put it: a relative hydra.sweep.dir means the launch dir,
+        # not wherever this process starts (a snapshot, /nrun/code, a remote code dir).
+        if job_dir != os.path.normpath(payload["job_dir"]) or moved:
+            cfg.hydra.sweep.dir = os.path.dirname(job_dir)
+            cfg.hydra.sweep.subdir = os.path.basename(job_dir)
 
 
 # -- the task function -------------------------------------------------------------------------

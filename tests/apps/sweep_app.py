@@ -6,6 +6,7 @@ import sys
 import time
 
 import hydra
+import hydra.utils
 from omegaconf import DictConfig
 
 
@@ -35,6 +36,8 @@ def main(cfg: DictConfig):
         return {k: _digest(os.environ.get(k)) if "TOKEN" in k else os.environ.get(k) for k in cfg.env_names}
     if cfg.action == "cwd":
         return os.getcwd()
+    if cfg.action == "orig_cwd":  # what hydra.utils.get_original_cwd() says in the point
+        return hydra.utils.get_original_cwd()
     if cfg.action == "value":  # a number, as Optuna wants
         return float(cfg.x * cfg.x)
     if cfg.action == "daemon":  # leaves a process behind: a double fork that outlives the point

@@ -84,15 +84,18 @@ def proj(tmp_path: Path) -> Path:
     for name in ("sweep_app.py", "programmatic.py", "driver.py", "prog_tasks.py"):
         shutil.copy(APPS / name, p)
     shutil.copytree(APPS / "conf", p / "conf")
+    shutil.copytree(APPS / "pkgapp", p / "pkgapp", ignore=shutil.ignore_patterns("__pycache__"))
     return p
 
 
 def launch(b: Optional[Backend], proj: Path, *args: str, app: str = "sweep_app.py", multirun: bool = True,
            sweep_dir: Optional[Path] = None, env: Optional[Dict[str, str]] = None,
            timeout: float = 300) -> subprocess.CompletedProcess:
-    """`python APP [-m] <backend> ARGS` in the project dir; b=None is Hydra's basic launcher."""
+    """`python APP [-m] <backend> ARGS` in the project dir; b=None is Hydra's basic launcher.
+    APP "-m pkg.mod" runs a module app."""
     sweep_dir = sweep_dir or proj.parent / "multirun"
-    cmd = [PYTHON, app, *(["-m"] if multirun else []), *(b.launcher_args() if b else []),
+    head = app.split() if app.startswith("-m ") else [app]
+    cmd = [PYTHON, *head, *(["-m"] if multirun else []), *(b.launcher_args() if b else []),
            *(["hydra.launcher.progress=lines"] if b else []), *args, f"hydra.sweep.dir={sweep_dir}"]
     return subprocess.run(cmd, cwd=proj, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
@@ -222,6 +225,28 @@ def test_task_function_from_a_module_runs_not_the_wrapper(backend, proj, home, t
     ok(launch(backend, proj, "x=3,4", app="driver.py"))
     assert values() == {0: "{'from': 'prog_tasks', 'x': 3}", 1: "{'from': 'prog_tasks', 'x': 4}"}
     assert "module task x=3" in (tmp_path / "multirun" / "0" / "stdout.log").read_text()
+
+
+def test_module_app_with_relative_imports_runs(backend, proj, home, tmp_path):
+    """`python -m pkgapp.main`: the package's own module runs (its relative imports work)."""
+    ok(launch(backend, proj, "x=5,6", app="-m pkgapp.main"))
+    assert values() == {0: "{'module': 'pkgapp.helper', 'x': 5}", 1: "{'module': 'pkgapp.helper', 'x': 6}"}
+
+
+def test_relative_sweep_dir_is_the_launch_dirs(backend, proj, home):
+    """`hydra.sweep.dir=rel/dir` means the launch directory's, wherever the point's code runs
+    (a snapshot, /nrun/code): the job dirs, logs and `.hydra/` files land there."""
+    ok(launch(backend, proj, "x=1", "action=cwd", "hydra.job.chdir=True", sweep_dir=Path("out/rel")))
+    job = proj / "out" / "rel" / "0"
+    assert values()[0] == repr(str(job))
+    assert (job / ".hydra" / "config.yaml").exists() and "point x=1" in (job / "stdout.log").read_text()
+
+
+def test_original_cwd_is_where_the_code_runs(backend, proj, home):
+    """get_original_cwd(): the launch dir when the point runs from the tree itself; the directory
+    its code runs from where the code was moved (a container's /nrun/code)."""
+    ok(launch(backend, proj, "x=1", "action=orig_cwd", "hydra.job.chdir=True"))
+    assert values()[0] == repr("/nrun/code" if backend.sandbox == "docker" else str(proj))
 
 
 def test_detached_sweep_is_followed_from_another_shell(backend, proj, home):
