@@ -17,6 +17,8 @@ from typing import Any, Dict, Optional, Set
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from nrun_core.runtime.point import FORMAT
+
+_OMEGACONF = __import__("omegaconf").__version__
 from nrun_core.spec import JobSpec
 
 # Parts of Hydra's own config whose structured types come from plugins (nrun's launcher schemas,
@@ -103,7 +105,7 @@ def build(spec: JobSpec, cfg: DictConfig, task: Dict[str, Any], *, code_root: st
         "launch_cwd": os.getcwd(),
         "job_dir": spec.job_dir,
         "result_file": spec.result_file,
-        "config": {"pickle": base64.b64encode(config).decode()},
+        "config": {"pickle": base64.b64encode(config).decode(), "omegaconf": _OMEGACONF},
     }
 
 

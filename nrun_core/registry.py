@@ -70,15 +70,6 @@ def plugins() -> Dict[str, ExecutorEntry]:
     return _plugins
 
 
-def by_option(option: str) -> ExecutorEntry:
-    for entry in BUILTIN:
-        if entry.option == option:
-            return entry
-    if option in plugins():
-        return plugins()[option]
-    raise KeyError(option)
-
-
 def by_name(name: str) -> ExecutorEntry:
     """The entry of a stored sweep's executor (``local``, ``slurm``, a plugin's name)."""
     for entry in BUILTIN:

@@ -112,8 +112,7 @@ class Sweep:
 
         configs = {idx: self._compose(idx, list(ov)) for idx, ov in zip(indices, job_overrides)}
         artifact = self._package(o.get("packager"), sweep_dir)
-        if hasattr(executor, "choose_mode"):
-            executor.choose_mode(packaged=artifact is not None)
+        executor.choose_mode(packaged=artifact is not None)
         specs = [self._spec(idx, list(ov), configs[idx], artifact) for idx, ov in zip(indices, job_overrides)]
         task = self._task_entry(executor, artifact)
         executor.validate(specs)
@@ -186,7 +185,7 @@ class Sweep:
 
     def _task_entry(self, executor: Executor, artifact: Any) -> Optional[Dict[str, Any]]:
         """The payload's reference to the task function; None when every point forks."""
-        if getattr(executor, "fork", False):
+        if executor.fork:
             return None
         ref = taskref.describe(self.task_function, _code_root(artifact))
         entry = ref.for_backend(self.task_function, same_python=executor.same_python,

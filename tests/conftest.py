@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import time
 import sys
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import pytest
 
@@ -53,6 +55,34 @@ def status_json(ref: str = "last") -> dict:
     out = nrun("status", ref, "--json")
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
+
+
+def wait_for(cond: Callable[[], object], timeout: float = 90, step: float = 0.2) -> object:
+    """Poll ``cond`` until it returns something true (errors of a not-yet-ready state count as
+    not yet); fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = cond()
+            if last:
+                return last
+        except (AssertionError, KeyError, IndexError, OSError, json.JSONDecodeError):
+            pass
+        time.sleep(step)
+    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+
+
+def make_project(tmp_path: Path, *apps: str) -> Path:
+    """A user's project dir holding test apps and their conf/ (packagers ship it)."""
+    p = tmp_path / "proj"
+    p.mkdir()
+    for name in ("sweep_app.py", *apps):
+        src = APPS / name
+        (shutil.copytree(src, p / name, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir()
+         else shutil.copy(src, p))
+    shutil.copytree(APPS / "conf", p / "conf")
+    return p
 
 
 def states(ref: str = "last") -> Dict[int, str]:

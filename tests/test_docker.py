@@ -7,9 +7,7 @@ listing that none of its sweep's containers is left behind.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -18,7 +16,7 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
-from conftest import APPS, PYTHON, nrun, states, status_json, interruptible
+from conftest import APPS, PYTHON, nrun, states, status_json, interruptible, wait_for, make_project
 from docker_fixtures import docker_client, docker_env, docker_sandbox, docker_torch_image  # noqa: F401
 
 pytestmark = pytest.mark.docker
@@ -42,11 +40,7 @@ main()
 @pytest.fixture
 def proj(tmp_path: Path) -> Path:
     """A project dir holding the test app (the default packager ships it); outputs go beside it."""
-    p = tmp_path / "proj"
-    p.mkdir()
-    shutil.copy(APPS / "sweep_app.py", p)
-    shutil.copytree(APPS / "conf", p / "conf")
-    return p
+    return make_project(tmp_path)
 
 
 def run(proj: Path, *args: str, app: str = "sweep_app.py", env: Optional[Dict[str, str]] = None,
@@ -67,18 +61,6 @@ def leftovers(client: Any, sweep_id: str) -> List[str]:
     flt = {"label": f"nrun.sweep={sweep_id}"}
     return [c.name for c in client.containers.list(all=True, filters=flt)] + \
            [n.name for n in client.networks.list(filters=flt)]
-
-
-def _wait_for(cond, timeout: float = 90, step: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if cond():
-                return
-        except (AssertionError, KeyError, IndexError, json.JSONDecodeError):
-            pass
-        time.sleep(step)
-    raise AssertionError("condition not met in time")
 
 
 # ------------------------------------------------------------------------------ the bars
@@ -139,7 +121,7 @@ def test_ctrl_c_cancels_and_removes_the_containers(docker_env, docker_client, ho
          "action=sleep", "seconds=120", "x=1,2,3", "hydra.launcher.max_parallel=2",
          f"hydra.sweep.dir={tmp_path}/multirun"],
         cwd=proj, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(lambda: nrun("list").stdout.count("\n") >= 2 and list(states().values()).count("RUNNING") == 2)
+    wait_for(lambda: nrun("list").stdout.count("\n") >= 2 and list(states().values()).count("RUNNING") == 2)
     sweep_id = status_json()["sweep"]["id"]
     assert len(leftovers(docker_client, sweep_id)) == 2                 # two running containers
     launcher.send_signal(signal.SIGINT)
@@ -152,7 +134,7 @@ def test_ctrl_c_cancels_and_removes_the_containers(docker_env, docker_client, ho
 def test_cancel_from_another_shell_when_the_supervisor_is_gone(docker_env, docker_client, home, proj):
     run(proj, "action=sleep", "seconds=120", "x=1", "hydra.launcher.wait=false", check=True)
     sweep_id = status_json()["sweep"]["id"]
-    _wait_for(lambda: states()[0] == "RUNNING")
+    wait_for(lambda: states()[0] == "RUNNING")
     os.kill(status_json()["sweep"]["supervisor_pid"], signal.SIGKILL)  # nobody watches the sweep now
     time.sleep(0.5)
     assert states()[0] == "RUNNING"            # the engine says the container still runs

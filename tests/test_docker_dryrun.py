@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Dict, Optional
 
 import pytest
 
-from conftest import APPS, PYTHON, ROOT, nrun
+from conftest import APPS, PYTHON, ROOT, nrun, make_project
 
 GOLDEN = ROOT / "tests" / "golden"
 DOCKER = "hydra/launcher=nrun_docker"
@@ -26,10 +25,7 @@ TRICKY = """a b; $(touch /tmp/nrun_pwned) `x` 'q' "dq" $HOME"""
 
 @pytest.fixture
 def proj(tmp_path: Path) -> Path:
-    p = tmp_path / "proj"
-    p.mkdir()
-    shutil.copy(APPS / "sweep_app.py", p)
-    shutil.copytree(APPS / "conf", p / "conf")
+    p = make_project(tmp_path)
     (p / "sub").mkdir()
     (p / "sub" / "data.txt").write_text("data\n")
     return p

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import APPS, PYTHON, nrun, run_app, states, status_json, interruptible
+from conftest import APPS, PYTHON, nrun, run_app, states, status_json, interruptible, wait_for
 from require import missing
 
 LOCAL = "hydra/launcher=nrun_local"
@@ -89,9 +87,9 @@ def test_retries_rerun_a_failed_point(home, tmp_path):
 def test_cancel_one_point_of_a_detached_sweep(home, tmp_path):
     run_app("sweep_app.py", LOCAL, "action=sleep", "seconds=3", "x=1,2",
             "hydra.launcher.wait=false", cwd=tmp_path, check=True)
-    _wait_for(lambda: list(states().values()).count("RUNNING") == 2)
+    wait_for(lambda: list(states().values()).count("RUNNING") == 2)
     assert nrun("cancel", "last", "0").returncode == 0
-    _wait_for(lambda: states()[1] == "COMPLETED", timeout=30)
+    wait_for(lambda: states()[1] == "COMPLETED", timeout=30)
     assert states() == {0: "CANCELLED", 1: "COMPLETED"}
 
 
@@ -100,10 +98,10 @@ def test_sigkill_of_the_launcher_leaves_a_consistent_store(home, tmp_path):
         [PYTHON, str(APPS / "sweep_app.py"), "-m", LOCAL, "action=sleep", "seconds=2", "x=1,2,3",
          "hydra.launcher.max_parallel=1", f"hydra.sweep.dir={tmp_path}/multirun"],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for(lambda: nrun("list").stdout.count("\n") >= 2 and 0 in states() and states()[0] == "RUNNING")
+    wait_for(lambda: nrun("list").stdout.count("\n") >= 2 and 0 in states() and states()[0] == "RUNNING")
     launcher.kill()
     launcher.wait()
-    _wait_for(lambda: "RUNNING" not in states().values(), timeout=30)  # the orphan finishes, then settles
+    wait_for(lambda: "RUNNING" not in states().values(), timeout=30)  # the orphan finishes, then settles
     final = states()
     assert final[0] == "COMPLETED"                      # settled from its result file
     assert final[1] == final[2] == "LOST"               # never started: named, not forgotten
@@ -115,7 +113,7 @@ def test_ctrl_c_cancels_running_points(home, tmp_path):
         [PYTHON, str(APPS / "sweep_app.py"), "-m", LOCAL, "action=sleep", "seconds=60", "x=1,2,3",
          "hydra.launcher.max_parallel=2", f"hydra.sweep.dir={tmp_path}/multirun"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(lambda: nrun("list").stdout.count("\n") >= 2 and list(states().values()).count("RUNNING") == 2)
+    wait_for(lambda: nrun("list").stdout.count("\n") >= 2 and list(states().values()).count("RUNNING") == 2)
     pids = [p["pid"] for p in status_json()["points"] if p["state"] == "RUNNING"]
     launcher.send_signal(signal.SIGINT)
     _, err = launcher.communicate(timeout=60)
@@ -176,18 +174,6 @@ def _pid_alive(pid) -> bool:
         return f.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def _wait_for(cond, timeout: float = 60, step: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if cond():
-                return
-        except (AssertionError, KeyError, json.JSONDecodeError):
-            pass
-        time.sleep(step)
-    raise AssertionError("condition not met in time")
-
-
 def _git(cwd, *args):
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@e"}
@@ -217,7 +203,7 @@ def test_git_snapshot_keeps_running_points_on_the_launched_code(home, tmp_path):
         [PYTHON, "app.py", "-m", LOCAL, "nrun/packager=git", "+x=1,2", "+wait=3",
          f"hydra.sweep.dir={tmp_path}/multirun", "hydra.launcher.progress=lines"],
         cwd=repo / "src", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(lambda: nrun("list").stdout.count("\n") >= 2 and "RUNNING" in states().values())
+    wait_for(lambda: nrun("list").stdout.count("\n") >= 2 and "RUNNING" in states().values())
     (repo / "src" / "version.txt").write_text("v2 edited during the sweep\n")
     out, err = launcher.communicate(timeout=120)
     assert launcher.returncode == 0, err
@@ -243,7 +229,7 @@ def test_dirty_tree_is_refused_before_anything_runs(home, tmp_path):
 def test_logs_follow_streams_until_the_point_ends(home, tmp_path):
     run_app("sweep_app.py", LOCAL, "action=tick", "seconds=3", "x=1", "hydra.launcher.wait=false",
             cwd=tmp_path, check=True)
-    _wait_for(lambda: states()[0] == "RUNNING")
+    wait_for(lambda: states()[0] == "RUNNING")
     follow = subprocess.Popen(preexec_fn=interruptible, args=[*__import__("conftest").NRUN, "logs", "last", "0", "--follow"],
                               stdout=subprocess.PIPE, text=True)
     first = follow.stdout.readline()

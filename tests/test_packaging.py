@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import tarfile
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+
+from repos import git, isolate_git, make_repo, write
 
 from nrun_core.errors import ConfigError, PackagingError
 from nrun_core.packaging import PACKAGERS, Artifact, package, unpack, validate
@@ -22,36 +23,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf" / "nrun" / "packager"
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A private NRUN_HOME, and git that reads no user or system config."""
-    monkeypatch.setenv("NRUN_HOME", str(tmp_path / "nrun-home"))
-    for var, value in {
-        "GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "t@example.com",
-        "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "t@example.com",
-        "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1",
-    }.items():
-        monkeypatch.setenv(var, value)
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "protocol.file.allow=always", "-c", "init.defaultBranch=main", *args],
-        cwd=cwd, check=True, capture_output=True, text=True,
-    ).stdout.strip()
-
-
-def write(root: Path, files: dict[str, str]) -> None:
-    for rel, text in files.items():
-        p = root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text)
-
-
-def make_repo(path: Path, files: dict[str, str]) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    git(path, "init", "-q")
-    write(path, files)
-    git(path, "add", "-A")
-    git(path, "commit", "-qm", "init")
-    return path
+    isolate_git(monkeypatch, tmp_path / "nrun-home")
 
 
 def tree_of(art: Artifact, dest: Path) -> dict[str, str]:

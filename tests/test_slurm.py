@@ -17,7 +17,7 @@ from typing import Dict, List
 
 import pytest
 
-from conftest import APPS, PYTHON, nrun, run_app, states, status_json, interruptible
+from conftest import APPS, PYTHON, nrun, run_app, states, status_json, interruptible, wait_for
 from slurm_fixtures import slurm_cluster, slurm_env  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.slurm
@@ -64,20 +64,6 @@ def _sacct_states(job_id: str) -> Dict[str, str]:
     return dict(ln.split("|")[0:2] for ln in out.stdout.splitlines() if ln.strip())
 
 
-def _wait_for(cond, timeout: float = 60, step: float = 0.3):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = cond()
-            if last:
-                return last
-        except (AssertionError, KeyError, IndexError, OSError, json.JSONDecodeError):
-            pass
-        time.sleep(step)
-    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
-
-
 def test_twenty_points_one_array_real_values(slurm_env, home, tmp_path):
     record = tmp_path / "record.json"
     xs = ",".join(str(i) for i in range(20))
@@ -90,7 +76,7 @@ def test_twenty_points_one_array_real_values(slurm_env, home, tmp_path):
     ids = _backend_ids()
     array = ids[0].split("_")[0]
     assert ids == {i: f"{array}_{i}" for i in range(20)}          # one array, task i = point i
-    assert _wait_for(lambda: len(_sacct_states(array)) == 20 and set(_sacct_states(array).values())) == {"COMPLETED"}
+    assert wait_for(lambda: len(_sacct_states(array)) == 20 and set(_sacct_states(array).values())) == {"COMPLETED"}
     assert "point x=7" in (tmp_path / "multirun" / "7" / "stdout.log").read_text()
     assert "to-stderr" in (tmp_path / "multirun" / "7" / "stderr.log").read_text()
     assert proc.returncode == 0
@@ -121,26 +107,26 @@ def test_command_mode_and_crashes_are_named(slurm_env, home, tmp_path):
 def test_unsupervised_sweep_is_probed_and_cancelled_from_slurm_ids(slurm_env, home, tmp_path):
     run_app("slurm_app.py", SLURM, "action=sleep", "seconds=120", "x=1,2",
             "hydra.launcher.wait=false", cwd=tmp_path, check=True)
-    ids = _wait_for(lambda: all(_backend_ids().values()) and _backend_ids())
+    ids = wait_for(lambda: all(_backend_ids().values()) and _backend_ids())
     os.kill(status_json()["sweep"]["supervisor_pid"], signal.SIGKILL)   # nobody watches it now
     time.sleep(0.5)
     assert set(states().values()) == {"RUNNING"}                       # Slurm says they still run
     out = nrun("cancel", "last", timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
-    _wait_for(lambda: not _queued(ids[0].split("_")[0]), timeout=10)
+    wait_for(lambda: not _queued(ids[0].split("_")[0]), timeout=10)
     assert set(states().values()) == {"CANCELLED"}
 
 
 def test_ctrl_c_cancels_the_array_and_says_so(slurm_env, home, tmp_path, launch):
     launcher = launch("action=sleep", "seconds=120", "x=1,2")
-    ids = _wait_for(lambda: all(_backend_ids().values()) and _backend_ids())
+    ids = wait_for(lambda: all(_backend_ids().values()) and _backend_ids())
     array = ids[0].split("_")[0]
-    _wait_for(lambda: sum("RUNNING" in q for q in _queued(array)) == 2)
+    wait_for(lambda: sum("RUNNING" in q for q in _queued(array)) == 2)
     launcher.send_signal(signal.SIGINT)
     _, err = launcher.communicate(timeout=60)
     assert launcher.returncode == 130
     assert f"scancel {array}" in err and "cancelled by Ctrl-C" in err
-    _wait_for(lambda: not _queued(array), timeout=10)
+    wait_for(lambda: not _queued(array), timeout=10)
     assert set(states().values()) == {"CANCELLED"}
 
 
@@ -153,11 +139,11 @@ def test_retries_resubmit_a_failed_point(slurm_env, home, tmp_path):
 
 def test_requeued_point_still_finishes_with_its_result(slurm_env, home, tmp_path, launch):
     launcher = launch("action=requeue_once", "seconds=120", "x=1,2")
-    ids = _wait_for(lambda: all(_backend_ids().values()) and _backend_ids())
-    _wait_for(lambda: "restarts=0" in (tmp_path / "multirun" / "0" / "stdout.log").read_text())
+    ids = wait_for(lambda: all(_backend_ids().values()) and _backend_ids())
+    wait_for(lambda: "restarts=0" in (tmp_path / "multirun" / "0" / "stdout.log").read_text())
     subprocess.run(["scontrol", "requeue", ids[0]], check=True)           # as preemption would
     _expedite(ids[0])
-    _wait_for(lambda: states()[0] == "COMPLETED", timeout=150)  # Slurm may wait for its next scheduling pass
+    wait_for(lambda: states()[0] == "COMPLETED", timeout=150)  # Slurm may wait for its next scheduling pass
     launcher.send_signal(signal.SIGINT)                                   # point 1 sleeps on: stop it
     launcher.communicate(timeout=60)
     p = status_json()["points"][0]
@@ -170,8 +156,8 @@ def test_timeout_is_checkpointed_and_requeued_by_submitit(slurm_env, home, tmp_p
     # time=1 min, warned 55 s before the limit: submitit's USR2 handler requeues the point
     launcher = launch("action=requeue_once", "seconds=300", "x=1", "hydra.launcher.time=1",
                       "hydra.launcher.max_num_timeout=1", "hydra.launcher.signal_delay_s=55")
-    bid = _wait_for(lambda: _backend_ids()[0])
-    _wait_for(lambda: "BeginTime" in subprocess.run(["squeue", "-h", "-j", bid, "-o", "%r"],
+    bid = wait_for(lambda: _backend_ids()[0])
+    wait_for(lambda: "BeginTime" in subprocess.run(["squeue", "-h", "-j", bid, "-o", "%r"],
                                                     capture_output=True, text=True).stdout, timeout=90)
     _expedite(bid)
     out, err = launcher.communicate(timeout=180)
@@ -247,9 +233,9 @@ def _expedite(job_id: str) -> None:
     """Slurm holds a requeued job back (reason BeginTime, ~2 min here) before it may start again;
     start it now, as an operator would, once the first run's processes are gone from the node
     (launching it again while they exit fails the new run)."""
-    _wait_for(lambda: "BeginTime" in subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%r"],
+    wait_for(lambda: "BeginTime" in subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%r"],
                                                     capture_output=True, text=True).stdout, timeout=30)
-    _wait_for(lambda: not _job_processes(job_id), timeout=30)
+    wait_for(lambda: not _job_processes(job_id), timeout=30)
     time.sleep(1.0)  # slurmstepd reports the end to slurmd after its processes exit
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
 
@@ -280,11 +266,11 @@ def test_a_task_waiting_in_the_queue_shows_queued_without_a_clock(slurm_env, hom
     """array_parallelism=1: the second task waits (JobArrayTaskLimit). Until it runs it is QUEUED
     with no start time, not RUNNING with a clock."""
     launch("x=1,2", "action=sleep", "seconds=6", "hydra.launcher.array_parallelism=1")
-    _wait_for(lambda: sorted(states().values()) == ["QUEUED", "RUNNING"], timeout=60, step=0.2)
+    wait_for(lambda: sorted(states().values()) == ["QUEUED", "RUNNING"], timeout=60, step=0.2)
     queued = [p for p in status_json()["points"] if p["state"] == "QUEUED"][0]
     assert queued["started"] is None and queued["backend_id"]
     assert "QUEUED" in nrun("status", "last").stdout
-    _wait_for(lambda: set(states().values()) == {"COMPLETED"}, timeout=90)
+    wait_for(lambda: set(states().values()) == {"COMPLETED"}, timeout=90)
     p0, p1 = status_json()["points"]
     assert p1["started"] >= p0["ended"] - 1.0            # its clock started when it ran, not at submission
 

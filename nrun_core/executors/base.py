@@ -117,6 +117,8 @@ class Executor(ABC):
     name: str = ""
     # Points run by this very Python (a task function without a reference can go by value).
     same_python: bool = False
+    # Points run in forks of the launcher with its own objects (no payload, any task function).
+    fork: bool = False
     # Points see the launcher's files at the same paths (not only the code and job dir).
     sees_launcher_files: bool = True
     # Submit in the launcher before detaching (a refused request fails the command itself).
@@ -133,6 +135,10 @@ class Executor(ABC):
 
     def check_options(self) -> None:
         """Raise ConfigError for a bad setting; runs before the code is packaged."""
+
+    def choose_mode(self, *, packaged: bool) -> None:
+        """Decide how points run once it is known whether the code was packaged (nrun_local:
+        fork or command); ConfigError if the asked mode cannot be."""
 
     def validate(self, specs: Sequence[JobSpec]) -> None:
         """Raise ConfigError for anything the backend cannot do, before anything is submitted."""

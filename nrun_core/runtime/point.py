@@ -264,7 +264,16 @@ class _hydra_main_inert:
 
 # -- the composed config -----------------------------------------------------------------------
 def load_config(data: Dict[str, Any]) -> Any:
-    return pickle.loads(base64.b64decode(data["pickle"]))
+    try:
+        return pickle.loads(base64.b64decode(data["pickle"]))
+    except Exception as exc:
+        import omegaconf
+
+        theirs = data.get("omegaconf", "?")
+        raise RuntimeError(
+            f"this Python could not read the config the launcher composed ({type(exc).__name__}: {exc}). "
+            f"The launcher has omegaconf {theirs}, this Python {omegaconf.__version__} at {sys.executable}; "
+            "install the same hydra-core/omegaconf here (and the app's own packages)") from exc
 
 
 # -- processes the point leaves behind ---------------------------------------------------------

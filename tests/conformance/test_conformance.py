@@ -13,17 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import pytest
 import yaml
 
-from conftest import APPS, PYTHON, nrun, states, status_json
+from conftest import APPS, PYTHON, nrun, states, status_json, wait_for, make_project
 from docker_fixtures import docker_sandbox  # noqa: F401  (requested by backend())
 from require import missing
 
@@ -79,13 +77,7 @@ def backend(request, monkeypatch) -> Backend:
 @pytest.fixture
 def proj(tmp_path: Path) -> Path:
     """A project dir holding the test apps (packagers ship it); sweeps write beside it."""
-    p = tmp_path / "proj"
-    p.mkdir()
-    for name in ("sweep_app.py", "programmatic.py", "driver.py", "prog_tasks.py"):
-        shutil.copy(APPS / name, p)
-    shutil.copytree(APPS / "conf", p / "conf")
-    shutil.copytree(APPS / "pkgapp", p / "pkgapp", ignore=shutil.ignore_patterns("__pycache__"))
-    return p
+    return make_project(tmp_path, "programmatic.py", "driver.py", "prog_tasks.py", "pkgapp")
 
 
 def launch(b: Optional[Backend], proj: Path, *args: str, app: str = "sweep_app.py", multirun: bool = True,
@@ -108,18 +100,6 @@ def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 def values() -> Dict[int, str]:
     return {p["idx"]: p["value_repr"] for p in status_json()["points"]}
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if cond():
-                return
-        except (AssertionError, KeyError, IndexError, json.JSONDecodeError):
-            pass
-        time.sleep(0.3)
-    raise AssertionError("condition not met in time")
 
 
 # -- the scenarios -------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import PYTHON, ROOT
 
+from repos import git, isolate_git, make_repo, write
+
 from nrun_core.errors import ConfigError, PackagingError
 from nrun_core.packaging import UNPACK_SCRIPT, package, unpack
 from nrun_core.packaging.unpack import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, MARKER
@@ -28,37 +30,10 @@ LOCAL = "hydra/launcher=nrun_local"
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private NRUN_HOME, git without user config, and no unpack limits from the environment."""
-    monkeypatch.setenv("NRUN_HOME", str(tmp_path / "nrun-home"))
-    for var, value in {
-        "GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "t@example.com",
-        "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "t@example.com",
-        "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1",
-    }.items():
-        monkeypatch.setenv(var, value)
+    isolate_git(monkeypatch, tmp_path / "nrun-home")
     for var in ("NRUN_UNPACK_MAX_FILES", "NRUN_UNPACK_MAX_BYTES", "NRUN_UNPACK_MAX_FILE_BYTES"):
         monkeypatch.delenv(var, raising=False)
     return tmp_path / "nrun-home"
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", "-c", "init.defaultBranch=main", *args], cwd=cwd, check=True,
-                          capture_output=True, text=True).stdout.strip()
-
-
-def write(root: Path, files: dict[str, str]) -> None:
-    for rel, text in files.items():
-        p = root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text)
-
-
-def make_repo(path: Path, files: dict[str, str]) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    git(path, "init", "-q")
-    write(path, files)
-    git(path, "add", "-A")
-    git(path, "commit", "-qm", "init")
-    return path
 
 
 def hydra_outputs(root: Path, sweep: str = "multirun/2026-01-01/12-00-00") -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -20,7 +19,7 @@ from typing import Dict, List, Optional
 
 import pytest
 
-from conftest import APPS, PYTHON, ROOT, interruptible, nrun, status_json
+from conftest import PYTHON, ROOT, interruptible, nrun, status_json, make_project
 from docker_fixtures import docker_sandbox  # noqa: F401  (requested by backend())
 
 HOOKS = ROOT / "tests" / "faults" / "hooks"
@@ -43,11 +42,7 @@ CASES = [(b, ph, sig) for b in BACKENDS for ph in PHASES for sig in SIGNALS
 
 @pytest.fixture
 def proj(tmp_path: Path) -> Path:
-    p = tmp_path / "proj"
-    p.mkdir()
-    shutil.copy(APPS / "sweep_app.py", p)
-    shutil.copytree(APPS / "conf", p / "conf")
-    return p
+    return make_project(tmp_path)
 
 
 def _backend_env(request, name: str) -> Dict[str, str]:

@@ -8,27 +8,14 @@ import os
 import signal
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import APPS, PYTHON, nrun, run_app, states, status_json
+from conftest import APPS, PYTHON, nrun, run_app, states, status_json, wait_for
 from nrun_core import procs
 
 LOCAL = "hydra/launcher=nrun_local"
-
-
-def _wait_for(cond, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if cond():
-                return
-        except (AssertionError, KeyError, IndexError, json.JSONDecodeError):
-            pass
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 def _sweep(cwd: Path, *args: str, sweep_dir: Path, env=None) -> subprocess.CompletedProcess:
@@ -80,7 +67,7 @@ def test_a_points_daemonised_grandchild_ends_with_the_point(home, tmp_path, mode
                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     pid = int(pidfile.read_text())
-    _wait_for(lambda: procs.start_time(pid) is None, timeout=10)
+    wait_for(lambda: procs.start_time(pid) is None, timeout=10)
     assert "left 1 process(es) running" in (tmp_path / "multirun" / "0" / "stderr.log").read_text()
 
 
@@ -93,17 +80,17 @@ def test_a_timed_out_points_daemon_is_killed_too(home, tmp_path, mode):
                    "seconds=60", "hydra.launcher.timeout_s=3", cwd=tmp_path)
     assert proc.returncode != 0 and states() == {0: "TIMEOUT"}
     pid = int(pidfile.read_text())
-    _wait_for(lambda: procs.start_time(pid) is None, timeout=10)
+    wait_for(lambda: procs.start_time(pid) is None, timeout=10)
 
 
 def test_sigterm_to_the_detached_supervisor_cancels_and_records(home, tmp_path):
     proc = run_app("sweep_app.py", LOCAL, "action=sleep", "seconds=60", "x=1,2", "hydra.launcher.wait=false",
                    cwd=tmp_path, check=True)
     assert "running detached" in proc.stderr
-    _wait_for(lambda: set(states().values()) == {"RUNNING"})
+    wait_for(lambda: set(states().values()) == {"RUNNING"})
     st = status_json()
     os.kill(st["sweep"]["supervisor_pid"], signal.SIGTERM)
-    _wait_for(lambda: set(states().values()) == {"CANCELLED"}, timeout=30)
+    wait_for(lambda: set(states().values()) == {"CANCELLED"}, timeout=30)
     assert not any(procs.alive(p["pid"], p["pid_start"]) for p in st["points"])
     assert "cancelled by SIGTERM" in nrun("show", "last").stdout
 
@@ -125,9 +112,9 @@ def test_an_app_that_turns_sigterm_into_systemexit_is_reported_cancelled(home, t
     proc = subprocess.run([PYTHON, str(app), "-m", LOCAL, "+x=1,2", "hydra.launcher.wait=false",
                            f"hydra.sweep.dir={tmp_path}/m"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    _wait_for(lambda: all("started" in Path(p["stdout"]).read_text() for p in status_json()["points"]))
+    wait_for(lambda: all("started" in Path(p["stdout"]).read_text() for p in status_json()["points"]))
     assert nrun("cancel", "last", "0").returncode == 0
-    _wait_for(lambda: states()[0] == "CANCELLED", timeout=20)
+    wait_for(lambda: states()[0] == "CANCELLED", timeout=20)
     assert "code 70" not in (status_json()["points"][0]["error"] or "")
     nrun("cancel", "last")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import APPS, NRUN, PYTHON, ROOT, nrun, run_app, status_json
+from conftest import APPS, NRUN, PYTHON, ROOT, nrun, run_app, status_json, wait_for
 
 LOCAL = "hydra/launcher=nrun_local"
 COMMANDS = [["list"], ["status"], ["status", "last", "--json"], ["logs", "last"], ["show", "last"],
@@ -40,13 +40,6 @@ def _lock(db: Path, seconds: float, how: str = "write") -> subprocess.Popen:
     proc = subprocess.Popen([PYTHON, "-c", LOCKER, str(db), str(seconds), how], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "locked"
     return proc
-
-
-def _wait_for(cond, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def _launch(cwd: Path, *args: str, env=None) -> subprocess.Popen:
@@ -112,7 +105,7 @@ def test_a_shared_directory_keeps_its_mode_but_the_store_is_private(tmp_path, mo
 # -- 2. a busy store -----------------------------------------------------------------------
 def test_a_lock_held_while_points_run_delays_the_records_but_loses_nothing(home, tmp_path):
     launcher = _launch(tmp_path, "action=sleep", "seconds=2", "x=1,2", "hydra.launcher.max_parallel=2")
-    _wait_for(lambda: _running(home / "nrun.db") == 2)
+    wait_for(lambda: _running(home / "nrun.db") == 2)
     locker = _lock(home / "nrun.db", 40)      # the points end, and the sweep with them, while it holds
     out, err = launcher.communicate(timeout=120)
     locker.wait(timeout=30)

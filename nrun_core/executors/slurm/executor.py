@@ -28,8 +28,8 @@ from nrun_core.errors import BackendError, ConfigError
 from nrun_core.executors.slurm import options as slurm_options, state as slurm_state
 from nrun_core.executors.base import Ended, Event, Executor, Request, Started
 from nrun_core.executors.slurm.control import SlurmControl
-from nrun_core.executors.slurm.site import secret_values, site_for
-from nrun_core.placement import Placement, runtime_file
+from nrun_core.executors.slurm.site import site_for
+from nrun_core.placement import Placement, runtime_file, secret_values
 from nrun_core.shell import join
 from nrun_core.spec import JobSpec
 

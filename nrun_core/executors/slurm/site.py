@@ -7,9 +7,8 @@ launcher and the cluster. On the login node every path is shared and nothing mov
 
 from __future__ import annotations
 
-import os
 import subprocess
-from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence
+from typing import Any, List, Mapping, Optional, Protocol, Sequence
 
 from nrun_core.errors import BackendError
 from nrun_core.spec import JobSpec
@@ -81,7 +80,3 @@ def site_for(conf: Any) -> Any:
 
         return SshSite(conf.ssh, python=conf.python)
     return LocalSite()
-
-
-def secret_values(names: Sequence[str]) -> Dict[str, str]:
-    return {n: os.environ[n] for n in names if n in os.environ}
