@@ -27,7 +27,7 @@ def detach(sweep: Any, executor: Any, specs: List[JobSpec], rows: Dict[int, Row]
     from nrun_core.paths import nrun_home
 
     sweep_id = sweep.sweep_id or ""
-    started = bool(getattr(executor, "start_before_detach", False))
+    started = executor.start_before_detach
     if started:  # a Ctrl-C here cancels what was submitted (Interrupted reaches the launcher)
         sweep.runner(executor, specs, rows, QuietView(sweep_id, rows)).submit()
     log_file = nrun_home() / "supervisors" / f"{sweep_id}.log"

@@ -50,10 +50,9 @@ def check(options: Mapping[str, Any], schema: Type[Any]) -> None:
                               f"export {name}=... before launching (its value is passed on, never stored)")
 
 
-def secret_looking_env(options: Any) -> list[str]:
+def secret_looking_env(options: Mapping[str, Any]) -> list[str]:
     """Names in ``env`` that look like secrets: their values are redacted in the store and output."""
-    env = options.get("env") if isinstance(options, Mapping) else getattr(options, "env", None)
-    return sorted(k for k in (env or {}) if _SECRET_NAME.search(str(k)))
+    return sorted(k for k in (options.get("env") or {}) if _SECRET_NAME.search(str(k)))
 
 
 def redacted(options: Mapping[str, Any]) -> Dict[str, Any]:

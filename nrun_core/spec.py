@@ -67,6 +67,11 @@ class JobSpec:
     def payload_file(self) -> str:
         return str(self.nrun_dir / "point.json")
 
+    def token(self, attempt: Any) -> str:
+        """NRUN_TOKEN of one attempt (an attempt number, or the backend's id for it): it tags
+        every process of that attempt, across sessions and re-parenting."""
+        return f"{self.sweep_id}:{self.index}:{attempt}"
+
     @property
     def identity(self) -> Dict[str, Any]:
         return {"sweep_id": self.sweep_id, "index": int(self.index), "overrides": self.overrides_digest}

@@ -44,8 +44,7 @@ class Slot:
 
     @property
     def token(self) -> str:
-        """Tags every process of this attempt (NRUN_TOKEN), across sessions and re-parenting."""
-        return f"{self.spec.sweep_id}:{self.spec.index}:{self.attempt}"
+        return self.spec.token(self.attempt)
 
 
 class QueuedExecutor(Executor):

@@ -248,7 +248,7 @@ def build(conf: Any, spec: JobSpec, node: int, *, code: CodeLayout, runtime_dir:
         lay = wrappers.layout(conf.launcher, nodes=nodes, gpus_per_node=spec.gpus_per_node)
         extra.update(wrappers.node_env(lay, node_rank=node, head_host=container_name(spec, 0, attempt)))
         network = network or network_name(spec, attempt)
-    env = where.env(spec, token=f"{spec.sweep_id}:{spec.index}:{attempt}", extra=extra)
+    env = where.env(spec, token=spec.token(attempt), extra=extra)
 
     command = ["sh", "-c", LOG_SCRIPT, "nrun-point", *[str(w) for w in conf.command_prefix or []],
                *where.argv(spec)]

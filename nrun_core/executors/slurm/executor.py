@@ -124,10 +124,8 @@ class SlurmExecutor(Executor):
                 if specs[0].launcher == "torchrun" else
                 f"RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS "
                 f"MASTER_ADDR=<first node> MASTER_PORT={port}"))
-        from nrun_core.options import secret_looking_env
-
-        hidden = set(secret_looking_env(self.opts))
-        env = "".join(f"#   {k}={'<redacted>' if k in hidden else v}\n"
+        # Secret-looking names are not in a spec's env: the sweep passes them like secret_env.
+        env = "".join(f"#   {k}={v}\n"
                       for k, v in sorted((specs[0].env if specs else {}).items()))
         env += "".join(f"#   {n}=<exported from the launching shell by sbatch, never written down>\n"
                        for n in (specs[0].secret_env if specs else []))

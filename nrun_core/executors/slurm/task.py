@@ -49,7 +49,7 @@ class PointTask:
         _signals(self.requeue)
         where = Placement(python=self.python or sys.executable, runtime=runtime_file(), code_dir=self.code_dir)
         os.makedirs(spec.nrun_dir, exist_ok=True)
-        os.environ.update(where.env(spec, token=f"{spec.sweep_id}:{spec.index}:{job_id}",
+        os.environ.update(where.env(spec, token=spec.token(job_id),
                                     extra={"NRUN_JOB_ID": job_id}))
         os.chdir(where.workdir(spec))
         try:
