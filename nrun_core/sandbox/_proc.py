@@ -108,7 +108,12 @@ def spawn(
     # The record names the real binary (/usr/sbin/slurmctld -> slurmctld-wlm), while argv[0] stays
     # as given: Slurm daemons decide what they are from their argv[0] name.
     exe = shutil.which(argv[0], path=env.get("PATH")) or argv[0]
-    program = os.path.basename(os.path.realpath(exe))
+    return adopt(pid, os.path.basename(os.path.realpath(exe)), record=record, exec_timeout=exec_timeout)
+
+
+def adopt(pid: int, program: str, *, record: Path, exec_timeout: float = 5.0) -> Record:
+    """Record the running PID as ours once it has exec'd PROGRAM (a daemon started by a wrapper,
+    e.g. the init of a namespace that `unshare` forked), so that `stop` can end it by pid."""
     deadline = time.monotonic() + exec_timeout
     st = _stat(pid)
     while st is not None and _program(pid) != program and time.monotonic() < deadline:
@@ -120,6 +125,21 @@ def spawn(
     tmp.write_text(json.dumps(asdict(rec)))
     tmp.replace(record)
     return rec
+
+
+def children(pid: int) -> list[int]:
+    """Pids of the direct children of PID (none if it has exited)."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return []
+    found: list[int] = []
+    for task in tasks:
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return found
 
 
 def stop(path: Path, *, wait: float = 10.0) -> bool:

@@ -1,24 +1,29 @@
-"""`nrun sandbox ssh up|down|status|env`: a real sshd on 127.0.0.1, a "login node" on this host.
+"""`nrun sandbox ssh up|down|status|env`: a real sshd on 127.0.0.1 (a "login node" on this host)
+and N SSH "hosts" in their own namespaces for the nrun_ssh executor (ssh_hosts.py).
 
-Its own host key, client key, authorized_keys and known_hosts live under ``sandbox_dir("ssh")``;
+Its own host keys, client key, authorized_keys and known_hosts live under ``sandbox_dir("ssh")``;
 nothing in ~/.ssh or /etc/ssh is touched. Clients connect as the current user with the sandbox's
-key and check the host key strictly against the sandbox's known_hosts (``env()`` names them).
-sshd listens on loopback only, so nothing here is reachable from outside the machine.
+key and check host keys strictly against the sandbox's known_hosts, which holds the login node and
+every host (``env()`` names them). Every sshd listens on loopback only, so nothing here is
+reachable from outside the machine.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import getpass
 import logging
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from nrun_core.errors import SandboxError
 from nrun_core.paths import sandbox_dir
-from nrun_core.sandbox import _proc
+from nrun_core.sandbox import _proc, ssh_hosts
 
 HOST = "127.0.0.1"
 PORT = 16922
@@ -43,22 +48,33 @@ def env() -> dict[str, str]:
     """What a client needs: where to connect, as whom, with which key, checked against what."""
     p = _paths()
     return {"NRUN_SSH_HOST": HOST, "NRUN_SSH_PORT": str(PORT), "NRUN_SSH_USER": getpass.getuser(),
-            "NRUN_SSH_KEY": str(p["client_key"]), "NRUN_SSH_KNOWN_HOSTS": str(p["known_hosts"])}
+            "NRUN_SSH_KEY": str(p["client_key"]), "NRUN_SSH_KNOWN_HOSTS": str(p["known_hosts"]),
+            "NRUN_SSH_HOSTS_FILE": str(ssh_hosts.hosts_file())}
 
 
 def up() -> dict[str, str]:
-    """Install sshd if missing, create keys once, start sshd unless ours runs; return env()."""
+    """Install sshd if missing, create keys once, start the login node and the hosts unless ours
+    run; return env()."""
     p = _paths()
+    hosts = ssh_hosts.configured()  # a bad NRUN_SANDBOX_SSH_HOSTS fails before anything starts
     root().mkdir(parents=True, exist_ok=True)
     os.chmod(root(), 0o700)
     sshd = _sshd()
-    _keys(p)
-    _write_config(p)
+    with _locked():
+        ssh_hosts.check_free(hosts)  # nothing is written or started if a host's port is taken
+        _keys(p, hosts)
+        _write_config(p)
+        _start_login_node(p, sshd)
+        ssh_hosts.up(hosts, sshd=sshd, authorized_keys=p["authorized_keys"], client_key=p["client_key"])
+    return env()
+
+
+def _start_login_node(p: dict[str, Path], sshd: str) -> None:
+    PRIVSEP_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
     if _proc.running(p["record"]) is None:
         if _proc.tcp_open(PORT, HOST):
             raise SandboxError(f"port {HOST}:{PORT} is taken by a process this sandbox did not start; "
                                "stop it (`ss -ltnp`) and run `nrun sandbox ssh up` again")
-        PRIVSEP_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
         check = subprocess.run([sshd, "-t", "-f", str(p["config"])], capture_output=True, text=True)
         if check.returncode != 0:
             raise SandboxError(f"sshd rejects {p['config']}: {check.stderr.strip()}")
@@ -68,22 +84,42 @@ def up() -> dict[str, str]:
                 or not _proc.tcp_open(PORT, HOST):
             _proc.stop(p["record"])
             raise SandboxError(f"sshd did not start on {HOST}:{PORT}; read {p['log']}:\n{_proc.tail(p['log'])}")
-    return env()
 
 
 def down() -> None:
-    """Stop the sshd this sandbox started (keys and known_hosts are kept)."""
-    _proc.stop(_paths()["record"])
+    """Stop the hosts and the login node this sandbox started (keys and known_hosts are kept)."""
+    with _locked():
+        ssh_hosts.down()
+        _proc.stop(_paths()["record"])
 
 
 def status() -> tuple[bool, str]:
     p = _paths()
     rec = _proc.running(p["record"])
     ok = rec is not None and _proc.tcp_open(PORT, HOST)
+    try:
+        hosts = ssh_hosts.configured()
+    except SandboxError as exc:
+        return False, str(exc)
+    hosts_ok, host_lines = ssh_hosts.status_lines(hosts)
+    ok = ok and hosts_ok
     lines = [f"SSH sandbox in {root()}",
-             f"  sshd  {'up' if rec else 'down'}  {f'pid {rec.pid}' if rec else ''}  {HOST}:{PORT}",
+             f"  sshd  {'up' if rec else 'down'}  {f'pid {rec.pid}' if rec else ''}  {HOST}:{PORT}  (login node)",
+             *host_lines,
              "usable" if ok else "not usable: run `nrun sandbox ssh up`"]
     return ok, "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """One up/down at a time across processes (two `up`s would race for the same ports)."""
+    root().mkdir(parents=True, exist_ok=True)
+    with open(root() / "up.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _sshd() -> str:
@@ -110,8 +146,9 @@ def _sshd() -> str:
     return found
 
 
-def _keys(p: dict[str, Path]) -> None:
-    """Host and client keys once; authorized_keys and known_hosts always match them."""
+def _keys(p: dict[str, Path], hosts: list[ssh_hosts.Host]) -> None:
+    """Host and client keys once; authorized_keys and known_hosts (login node and every host)
+    always match them."""
     for key in ("host_key", "client_key"):
         if not p[key].exists():
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"nrun-sandbox-{key}",
@@ -119,39 +156,16 @@ def _keys(p: dict[str, Path]) -> None:
     client_pub = Path(f"{p['client_key']}.pub").read_text().strip()
     host_pub = Path(f"{p['host_key']}.pub").read_text().split()
     _write(p["authorized_keys"], client_pub + "\n", 0o600)
-    _write(p["known_hosts"], f"[{HOST}]:{PORT} {host_pub[0]} {host_pub[1]}\n", 0o600)
+    ssh_hosts.ensure_keys(hosts)
+    lines = [f"[{HOST}]:{PORT} {host_pub[0]} {host_pub[1]}", *ssh_hosts.known_hosts_lines(hosts)]
+    _write(p["known_hosts"], "\n".join(lines) + "\n", 0o600)
 
 
 def _write_config(p: dict[str, Path]) -> None:
-    text = f"""\
-# Written by nrun_core.sandbox.ssh; rewritten at every `up`.
-Port {PORT}
-ListenAddress {HOST}
-HostKey {p['host_key']}
-PidFile {p['pid']}
-AuthorizedKeysFile {p['authorized_keys']}
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
-StrictModes no
-UsePAM no
-X11Forwarding no
-AllowTcpForwarding no
-PrintMotd no
-Subsystem sftp internal-sftp
-"""
-    _write(p["config"], text, 0o600)
+    _write(p["config"], ssh_hosts.sshd_config(HOST, PORT, p["host_key"], p["authorized_keys"], str(p["pid"])), 0o600)
 
 
-def _write(path: Path, text: str, mode: int) -> None:
-    if path.exists() and path.read_text() == text:
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    tmp.replace(path)
+_write = ssh_hosts.write
 
 
 if __name__ == "__main__":  # the same as `nrun sandbox ssh ...`
