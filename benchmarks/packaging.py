@@ -4,7 +4,8 @@ Measures, side by side:
 - bare ``git archive HEAD | gzip`` (gzip's default level 6, what most tools do) and at level 1
   (the level nrun uses), as the baselines;
 - nrun's git packager, cold (empty NRUN_HOME) and warm (re-launch of the unchanged tree);
-- nrun's workdir packager (.gitignore walk + stat cache), cold and warm;
+- nrun's workdir packager (.gitignore walk + stat cache), cold and warm (the walk record: a stat
+  per directory and per file), beside ``git status -uall`` of the same tree (git's own stat cache);
 Wall times are best-of-rounds with baselines interleaved, because the machine may be shared; CPU
 seconds (process + children) are shown too, since contention does not inflate them.
 - NeMo-Run's GitArchivePackager, when a Python with nemo_run is available
@@ -162,8 +163,11 @@ def run_all(repo: Path, work: Path, args: argparse.Namespace) -> dict[str, dict]
     os.environ["NRUN_HOME"] = str(work / "home-workdir")
     wall, cpu, wd = measure(lambda: package({"name": "workdir"}, source_dir=repo))
     rows["nrun workdir, cold"] = {"s": wall, "cpu": cpu, "bytes": wd.path.stat().st_size}
-    warm = [measure(lambda: package({"name": "workdir"}, source_dir=repo))[0] for _ in range(5)]
+    warm = [measure(lambda: package({"name": "workdir"}, source_dir=repo))[0] for _ in range(args.warm_runs)]
     rows["nrun workdir, warm re-launch"] = {"s": statistics.median(warm), "max_s": max(warm)}
+    git_status = [measure(lambda: subprocess.run(["git", "status", "--porcelain", "-uall"], cwd=repo,
+                                                 capture_output=True, check=True))[0] for _ in range(args.warm_runs)]
+    rows["git status -uall (stat-cache peer)"] = {"s": statistics.median(git_status), "max_s": max(git_status)}
 
     nemo = args.nemo_python or (Path("/tmp/nemo-venv/bin/python") if Path("/tmp/nemo-venv/bin/python").exists() else None)
     name = "NeMo-Run GitArchivePackager"
@@ -197,6 +201,9 @@ def report(rows: dict[str, dict]) -> None:
     print(f"  nrun git cold / git archive|gzip (default -6): {cold['s'] / base6['s']:.2f}x [{cold['cpu'] / base6['cpu']:.2f}x]   target <= 1.3x")
     print(f"  nrun git cold / git archive|gzip -1 (nrun's level): {cold['s'] / base1['s']:.2f}x [{cold['cpu'] / base1['cpu']:.2f}x]")
     print(f"  nrun git warm re-launch: {warm * 1000:.1f} ms median   target < 50 ms")
+    wd, peer = rows["nrun workdir, warm re-launch"]["s"], rows["git status -uall (stat-cache peer)"]["s"]
+    print(f"  nrun workdir warm re-launch: {wd * 1000:.1f} ms median   target < 50 ms; "
+          f"{wd / peer:.2f}x git status -uall ({peer * 1000:.1f} ms)")
     nemo = rows.get("NeMo-Run GitArchivePackager", {})
     if "s" in nemo:
         print(f"  NeMo-Run GitArchivePackager / nrun git cold: {nemo['s'] / cold['s']:.1f}x wall")

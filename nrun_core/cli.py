@@ -65,6 +65,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_show)
 
+    s = sub.add_parser("gc", help="remove old sweeps' records, artifacts, snapshots and runtime copies",
+                       description="Keeps every live sweep, the sweeps the policy keeps (the newest N, and "
+                                   "those younger than D days) and everything they use, and anything touched "
+                                   "in the last 10 minutes (a launcher may be about to use it). Sweep output "
+                                   "dirs are never touched. With neither option: --keep-days 30 --keep-sweeps 50.")
+    s.add_argument("--keep-days", type=float, metavar="D", help="keep sweeps created in the last D days")
+    s.add_argument("--keep-sweeps", type=int, metavar="N", help="keep the N newest sweeps")
+    s.add_argument("--dry-run", action="store_true", help="print what would be removed and the bytes freed")
+    s.set_defaults(func=cmd_gc)
+
     s = sub.add_parser("sandbox", help="a real backend on this machine: slurm, docker")
     s.add_argument("name")
     s.add_argument("action", choices=["up", "down", "status", "env"])
@@ -101,9 +111,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         took = f"{(p['ended'] or time.time()) - p['started']:.1f}s" if p["started"] else ""
         detail = p["value_repr"] if p["state"] == "COMPLETED" else (p["error"] or "").splitlines()[0:1]
         detail = detail if isinstance(detail, str) else (detail[0] if detail else "")
-        rows.append([str(p["idx"]), p["state"], p["backend_id"] or "", took, " ".join(p["overrides"]),
-                     (detail or "")[:70]])
-    _table(["#", "STATE", "BACKEND ID", "TIME", "OVERRIDES", "RESULT / ERROR"], rows)
+        rows.append([str(p["idx"]), p["state"], p["backend_id"] or "", took, *_usage_cells(p.get("usage")),
+                     " ".join(p["overrides"]), (detail or "")[:70]])
+    _table(["#", "STATE", "BACKEND ID", "TIME", "WALL", "CPU", "PEAK RSS", "OVERRIDES", "RESULT / ERROR"], rows)
+    from nrun_core.runner import usage_summary
+
+    total = usage_summary([p.get("usage") for p in points if p["state"] in TERMINAL])
+    if total:
+        print(f"used: {total}")
     if not points and sw["state"] in TERMINAL:
         from nrun_core.store import NO_POINTS
 
@@ -205,6 +220,35 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    from nrun_core import gc
+    from nrun_core.paths import nrun_home
+    from nrun_core.runner import human_bytes
+
+    keep_days, keep_sweeps = args.keep_days, args.keep_sweeps
+    if keep_days is None and keep_sweeps is None:
+        keep_days, keep_sweeps = gc.DEFAULT_KEEP_DAYS, gc.DEFAULT_KEEP_SWEEPS
+    if (keep_days is not None and keep_days < 0) or (keep_sweeps is not None and keep_sweeps < 0):
+        raise NrunError("nrun gc: --keep-days and --keep-sweeps take a number >= 0 (e.g. --keep-days 7)")
+    store = Store(create=False)
+    p = gc.plan(store, nrun_home(), keep_days=keep_days, keep_sweeps=keep_sweeps)
+    verb = "would remove" if args.dry_run else "removing"
+    print(f"nrun gc: keeping {p.kept_sweeps} sweep(s) ({p.live_sweeps} live) and {len(p.kept_digests)} "
+          f"artifact(s) they use; {verb} {len(p.sweeps)} sweep record(s)")
+    for sid in p.sweeps:
+        print(f"  sweep   {sid}")
+    for kind, path, size in p.paths:
+        print(f"  {kind:<18} {human_bytes(size):>9}  {path}")
+    if args.dry_run:
+        print(f"would free {human_bytes(p.bytes)} (dry run: nothing was removed)")
+        return 0
+    problems = gc.apply(store, p)
+    for line in problems:
+        print(f"nrun gc: could not remove {line}", file=sys.stderr)
+    print(f"freed {human_bytes(p.bytes)}")
+    return 1 if problems else 0
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from nrun_core import sandbox
     from nrun_core.shell import exports
@@ -238,6 +282,21 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
 
 # -- helpers ------------------------------------------------------------------------------
+def _usage_cells(usage: Optional[Dict[str, Any]]) -> List[str]:
+    """WALL, CPU and PEAK RSS of a point (GPU memory appended to RSS where known); blanks if
+    the point reported nothing (not ended yet, or an older nrun)."""
+    if not usage:
+        return ["", "", ""]
+    from nrun_core.runner import human_bytes
+
+    rss = human_bytes(usage["max_rss"]) if usage.get("max_rss") else ""
+    if usage.get("gpu_mem"):
+        rss += f" (GPU {human_bytes(usage['gpu_mem'])})"
+    wall = f"{usage['wall_s']:.1f}s" if usage.get("wall_s") is not None else ""
+    cpu = f"{usage['cpu_s']:.1f}s" if usage.get("cpu_s") is not None else ""
+    return [wall, cpu, rss]
+
+
 def _fresh(store: Store, sw: Dict[str, Any]) -> Dict[str, Any]:
     from nrun_core.reconcile import reconcile
 

@@ -81,9 +81,11 @@ class SlurmSshConf:
 
 @dataclass
 class SlurmConf(NrunConf):
-    """`hydra/launcher=nrun_slurm`: the sweep as one Slurm job array, submitted through submitit.
+    """`hydra/launcher=nrun_slurm`: the sweep as Slurm job arrays, submitted through submitit.
 
-    Array task i runs point i; hydra.job.id is its Slurm id (<array>_<i>). secret_env values
+    Array task i runs point i (or, packed, several points in one Python); hydra.job.id is its
+    Slurm id (<array>_<i>, or <array>_<i>:<k> for point k of a pack). A sweep larger than the
+    cluster's MaxArraySize is split into several arrays. secret_env values
     reach the points through the environment sbatch exports from the submitting process (over
     SSH: through the encrypted stdin of the remote submit): nrun writes them nowhere (not in the
     batch script, the submitit pickles or the store); Slurm itself keeps each job's environment
@@ -100,7 +102,7 @@ class SlurmConf(NrunConf):
     account: Optional[str] = None
     qos: Optional[str] = None
     # Time limit of each point: minutes, or "[D-]HH:MM[:SS]"; null = timeout_s rounded up to
-    # minutes, else 60 minutes.
+    # minutes plus one, else the partition's default (a pack of K points: K times the limit).
     time: Any = None
     # Tasks per node (direct launcher: each task runs the command with RANK/WORLD_SIZE/MASTER_ADDR
     # set from Slurm); with torchrun keep 1 (torchrun starts one worker per GPU itself).
@@ -113,8 +115,16 @@ class SlurmConf(NrunConf):
     nodelist: Optional[str] = None
     # true, or one of "user", "mcs", "topo" (sbatch --exclusive[=...]).
     exclusive: Any = None
-    # Array tasks running at once (sbatch --array=...%N); null = max_parallel, else all.
+    # Array tasks running at once across the whole sweep (sbatch --array=...%N, shared over the
+    # arrays of a split sweep); null = max_parallel, else all.
     array_parallelism: Optional[int] = None
+    # Points run one after the other in each array task, in one warm Python (a fork per point;
+    # in-process points only). null = auto: packs many short in-process points so that the
+    # array tasks still outnumber what can run at once (see the dry run); 1 = never pack.
+    points_per_task: Optional[int] = None
+    # Largest array index + 1 (Slurm's MaxArraySize); a larger sweep is split into several
+    # arrays. null = read from the cluster (scontrol show config).
+    max_array_size: Optional[int] = None
     job_name: Optional[str] = None
     comment: Optional[str] = None
     # Any other sbatch option, e.g. {"mail-type": "END", "reservation": "mine"}.

@@ -112,12 +112,33 @@ def build(spec: JobSpec, cfg: DictConfig, task: Dict[str, Any], *, code_root: st
 def write(spec: JobSpec, payload: Dict[str, Any]) -> None:
     """Atomically, readable by the point's user only (its config may hold anything)."""
     path = spec.payload_file
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _mkdirs(os.path.dirname(path))
     tmp = f"{path}.{os.getpid()}.tmp"
+    data = json.dumps(payload).encode()  # one write: json.dump to a file writes it in pieces
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
+
+
+def _mkdirs(path: str) -> None:
+    """os.makedirs for a dir whose grandparent usually exists: one mkdir a level, no stat calls."""
+    if not path or path == os.path.dirname(path):  # '' or the root
+        return
+    try:
+        os.mkdir(path)
+    except FileNotFoundError:
+        _mkdirs(os.path.dirname(path))
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            pass
+    except FileExistsError:
+        pass
 
 
 def version_base() -> Optional[str]:

@@ -12,6 +12,7 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
+from nrun_core import threads as _threads
 from nrun_core.spec import PAYLOAD, PYTHON, RUNTIME, JobSpec
 
 
@@ -27,6 +28,8 @@ class Placement:
     runtime: str                    # nrun_point.py there
     code_dir: str                   # the code root there (the artifact, or the passthrough tree)
     job_dir: Callable[[str], str] = field(default=_same)  # a launcher job dir -> the dir there
+    # Threads per point (nrun_core.threads); None: the spec's cpus_per_task, if any.
+    threads: Optional[int] = None
 
     def argv(self, spec: JobSpec) -> List[str]:
         words = {PYTHON: self.python, RUNTIME: self.runtime, PAYLOAD: self.payload(spec)}
@@ -47,11 +50,20 @@ class Placement:
     def log(self, spec: JobSpec, stream: str, suffix: str = "") -> str:
         return posixpath.join(self.job_dir(spec.job_dir), f"{stream}{suffix}.log")
 
+    def thread_budget(self, spec: JobSpec) -> Optional[int]:
+        """Threads per point: the executor's budget, else the CPUs the point was given."""
+        if self.threads is not None:
+            return self.threads
+        return _threads.budget(spec.cpus_per_task, 1) if spec.cpus_per_task else None
+
     def env(self, spec: JobSpec, *, token: str, extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
-        """The point's environment: the user's ``env``, then nrun's own variables (the point
-        runtime reads NRUN_CODE_DIR, NRUN_JOB_DIR and NRUN_RESULT_FILE; NRUN_TOKEN tags every
-        process of the point). Secret values are added by the executor at the last moment."""
+        """The point's environment: the user's ``env``, the thread budget where the user left
+        the thread variables unset (here or in this process's environment), then nrun's own
+        variables (the point runtime reads NRUN_CODE_DIR, NRUN_JOB_DIR and NRUN_RESULT_FILE;
+        NRUN_TOKEN tags every process of the point). Secret values are added by the executor at
+        the last moment."""
         out = dict(spec.env)
+        out.update(_threads.thread_env(self.thread_budget(spec), spec.env))
         out.setdefault("PYTHONUNBUFFERED", "1")
         out.update({"NRUN_SWEEP_ID": spec.sweep_id, "NRUN_POINT": str(spec.index), "NRUN_TOKEN": token,
                     "NRUN_CODE_DIR": self.code_dir, "NRUN_JOB_DIR": self.job_dir(spec.job_dir),
@@ -69,9 +81,9 @@ def runtime_file() -> str:
     return os.path.abspath(point.__file__)
 
 
-def local(spec: JobSpec, python: str) -> Placement:
+def local(spec: JobSpec, python: str, threads: Optional[int] = None) -> Placement:
     """This machine: the tree or the unpacked snapshot, nrun's own runtime file."""
-    return Placement(python=python, runtime=runtime_file(), code_dir=code_dir_here(spec))
+    return Placement(python=python, runtime=runtime_file(), code_dir=code_dir_here(spec), threads=threads)
 
 
 def code_dir_here(spec: JobSpec) -> str:

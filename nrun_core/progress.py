@@ -2,12 +2,20 @@
 
 The table never starts a refresh thread (rich's auto_refresh is off): the runner redraws it from
 its own loop, so forking a point never races a thread holding the terminal's lock.
+
+Both scale with changes, not points: a change updates counts by state and a short list of
+recent rows in O(1); the table is redrawn on a timer (at most 4 times a second) from those, and
+on more than SMALL points the line view prints failures and retries as they happen but sums
+up everything else in one progress line every PROGRESS_EVERY_S seconds (10,000 points would
+otherwise print 20,000 lines of "queued" and "completed").
 """
 
 from __future__ import annotations
 
+import heapq
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -33,6 +41,13 @@ class Row:
         return f"{(self.ended or time.time()) - self.started:.1f}s"
 
 
+SMALL = 50               # sweeps up to this many points get one line per change
+PROGRESS_EVERY_S = 10.0  # larger ones: one progress line at most this often
+RECENT = 64              # rows remembered as recently changed, for the table
+_ORDER = {RUNNING: 0, "FAILED": 1, "TIMEOUT": 1, "LOST": 1, "CANCELLED": 2, "QUEUED": 3, PENDING: 3,
+          COMPLETED: 4}
+
+
 class View:
     def __init__(self, sweep_id: str, rows: Dict[int, Row]) -> None:
         self.sweep_id, self.rows = sweep_id, rows
@@ -49,39 +64,131 @@ class QuietView(View):
         pass
 
 
-class LinesView(View):
+class Tally:
+    """Counts by state and the recently changed rows, kept up to date change by change."""
+
+    def __init__(self, rows: Dict[int, Row]) -> None:
+        self.rows = rows
+        self.recount()
+
+    def recount(self) -> None:
+        """From the rows themselves (at the start, and at the end: the runner settles some rows
+        without a change, e.g. at a cancel): one pass over every point."""
+        self.state = {idx: r.state for idx, r in self.rows.items()}
+        self.counts: Dict[str, int] = {}
+        for s in self.state.values():
+            self.counts[s] = self.counts.get(s, 0) + 1
+        # running or failed: always worth showing
+        self.active: Dict[int, Row] = {i: r for i, r in self.rows.items() if _ORDER.get(r.state, 5) <= 1}
+        latest = heapq.nlargest(RECENT, self.rows.values(), key=lambda r: (r.ended or 0.0, -r.idx))
+        self.recent: "OrderedDict[int, Row]" = OrderedDict((r.idx, r) for r in reversed(latest))
+
     def changed(self, row: Row) -> None:
+        old = self.state.get(row.idx)
+        if old is not None:
+            self.counts[old] -= 1
+            if not self.counts[old]:
+                del self.counts[old]
+        self.state[row.idx] = row.state
+        self.counts[row.state] = self.counts.get(row.state, 0) + 1
+        self.recent.pop(row.idx, None)
+        self.recent[row.idx] = row
+        if len(self.recent) > RECENT:
+            self.recent.popitem(last=False)
+        if _ORDER.get(row.state, 5) <= 1:
+            self.active[row.idx] = row
+        else:
+            self.active.pop(row.idx, None)
+
+    def summary(self) -> str:
+        return ", ".join(f"{s.lower()} {n}" for s, n in sorted(self.counts.items(), key=lambda kv: _ORDER.get(kv[0], 5)))
+
+    def candidates(self) -> List[Row]:
+        """The rows a bounded view picks from: running, failed and recently changed ones."""
+        if len(self.rows) <= RECENT:
+            return list(self.rows.values())
+        picked = dict(self.recent)
+        for idx, r in self.active.items():
+            if len(picked) >= 4 * RECENT:
+                break
+            picked[idx] = r
+        return list(picked.values())
+
+
+class LinesView(View):
+    def __init__(self, sweep_id: str, rows: Dict[int, Row]) -> None:
+        super().__init__(sweep_id, rows)
+        self.small = len(rows) <= SMALL
+        self.tally = None if self.small else Tally(rows)
+        self._next = time.monotonic() + PROGRESS_EVERY_S
+        self._said = ""
+
+    def changed(self, row: Row) -> None:
+        if self.tally is not None:
+            self.tally.changed(row)
         if row.state == PENDING and row.attempt == 0:
             return
+        if self.small or row.state in TERMINAL - {COMPLETED} or row.state == PENDING:  # failures, retries
+            self._line(row)
+        else:
+            self.tick()
+
+    def tick(self) -> None:
+        if self.tally is not None and time.monotonic() >= self._next:
+            self._progress()
+
+    def close(self) -> None:
+        if self.tally is not None:
+            self.tally.recount()  # rows the runner settled without a change (e.g. at a cancel)
+            self._progress()
+
+    def _line(self, row: Row) -> None:
         tail = f" {row.elapsed()}" if row.state in TERMINAL else ""
         detail = f": {row.detail}" if row.detail else ""
         print(f"[nrun {self.sweep_id}] #{row.idx} {row.state}{tail} ({row.overrides}){detail}",
               file=sys.stderr, flush=True)
 
+    def _progress(self) -> None:
+        self._next = time.monotonic() + PROGRESS_EVERY_S
+        assert self.tally is not None
+        text = self.tally.summary()
+        if text == self._said:
+            return
+        self._said = text
+        done = sum(n for s, n in self.tally.counts.items() if s in TERMINAL)
+        print(f"[nrun {self.sweep_id}] {done}/{len(self.rows)} done: {text}", file=sys.stderr, flush=True)
+
 
 class TableView(View):
     MAX_ROWS = 24
+    REDRAW_S = 0.25
 
     def __init__(self, sweep_id: str, rows: Dict[int, Row]) -> None:
         super().__init__(sweep_id, rows)
         from rich.console import Console
         from rich.live import Live
 
+        self.tally = Tally(rows)
         self.console = Console(stderr=True)
         self.live = Live(self._table(), console=self.console, auto_refresh=False, transient=False)
         self.live.start()
-        self._last = 0.0
+        self._last = time.monotonic()
+        self._dirty = False
 
     def changed(self, row: Row) -> None:
-        self.tick(force=True)
+        self.tally.changed(row)
+        self._dirty = True
+        self.tick()
 
-    def tick(self, force: bool = False) -> None:
+    def tick(self) -> None:
+        """Redraw, at most every REDRAW_S: running rows' clocks move even when nothing changed."""
         now = time.monotonic()
-        if force or now - self._last > 0.25:
-            self._last = now
+        if now - self._last >= self.REDRAW_S and (self._dirty or self.tally.counts.get(RUNNING)):
+            self._last, self._dirty = now, False
             self.live.update(self._table(), refresh=True)
 
     def close(self) -> None:
+        self.tally.recount()
         self.live.update(self._table(), refresh=True)
         self.live.stop()
 
@@ -91,16 +198,14 @@ class TableView(View):
     def _table(self):  # type: ignore[no-untyped-def]
         from rich.table import Table
 
-        counts: Dict[str, int] = {}
-        for r in self.rows.values():
-            counts[r.state] = counts.get(r.state, 0) + 1
+        counts = self.tally.counts
         summary = "  ".join(f"[{_STYLE.get(s, '')}]{s.lower()} {n}[/]" for s, n in sorted(counts.items()))
         table = Table(title=f"nrun sweep {self.sweep_id}   {summary}", title_justify="left",
                       expand=False)
         for col in ("#", "overrides", "state", "time", "detail"):
             table.add_column(col, overflow="fold" if col == "overrides" else "ellipsis",
                              max_width=60 if col in ("overrides", "detail") else None)
-        shown = _pick_rows(list(self.rows.values()), self.MAX_ROWS)
+        shown = _pick_rows(self.tally.candidates(), self.MAX_ROWS)
         for r in shown:
             style = _STYLE.get(r.state, "")
             table.add_row(str(r.idx), r.overrides, f"[{style}]{r.state}[/]", r.elapsed(), r.detail)
@@ -113,10 +218,8 @@ class TableView(View):
 def _pick_rows(rows: List[Row], limit: int) -> List[Row]:
     """Running first, then failures, then the most recent others: what a user wants to see."""
     if len(rows) <= limit:
-        return rows
-    order = {RUNNING: 0, "FAILED": 1, "TIMEOUT": 1, "LOST": 1, "CANCELLED": 2, "QUEUED": 3, PENDING: 3,
-             COMPLETED: 4}
-    picked = sorted(rows, key=lambda r: (order.get(r.state, 5), -(r.ended or 0), r.idx))[:limit]
+        return sorted(rows, key=lambda r: r.idx)
+    picked = sorted(rows, key=lambda r: (_ORDER.get(r.state, 5), -(r.ended or 0), r.idx))[:limit]
     return sorted(picked, key=lambda r: r.idx)
 
 

@@ -30,6 +30,7 @@ class Outcome:
     error: str = ""
     traceback: str = ""
     exit_code: Optional[int] = None
+    usage: Optional[Dict[str, Any]] = None  # what the point used (its result file, else the backend)
 
 
 class Terminated(KeyboardInterrupt):
@@ -45,7 +46,15 @@ class Interrupted(Exception):
 
 
 def settle(spec: JobSpec, ended: Ended) -> Outcome:
-    """What a point's end means, from how its process ended and the result file it left."""
+    """What a point's end means, from how its process ended and the result file it left, with
+    what it used: the point's own account, else the backend's."""
+    outcome = _settle(spec, ended)
+    if outcome.usage is None:
+        outcome.usage = ended.usage
+    return outcome
+
+
+def _settle(spec: JobSpec, ended: Ended) -> Outcome:
     if ended.reason == "cancelled":
         return Outcome(CANCELLED, error=ended.detail or "cancelled", exit_code=ended.exit_code)
     if ended.reason == "timeout":  # the backend's own words (e.g. Slurm's time limit) when it has them
@@ -55,10 +64,10 @@ def settle(spec: JobSpec, ended: Ended) -> Outcome:
         return Outcome(LOST, error=ended.detail or "lost", exit_code=ended.exit_code)
     result = read_result(spec.result_file, expect=spec.identity)
     if result and result["status"] == R_COMPLETED and ended.exit_code in (0, None):
-        return Outcome(COMPLETED, value=result.get("value"), exit_code=ended.exit_code)
+        return Outcome(COMPLETED, value=result.get("value"), exit_code=ended.exit_code, usage=result.get("usage"))
     if result and result["status"] != R_COMPLETED:
         return Outcome(FAILED, error=f"{result['error_type']}: {result['error']}",
-                       traceback=result.get("traceback", ""), exit_code=ended.exit_code)
+                       traceback=result.get("traceback", ""), exit_code=ended.exit_code, usage=result.get("usage"))
     how = ended.detail or f"exited with code {ended.exit_code}"
     return Outcome(FAILED, error=f"{how}, before reporting a result", exit_code=ended.exit_code)
 
@@ -82,8 +91,9 @@ class Runner:
                 for spec in self.specs.values():
                     _clear_result(spec)
                 self.executor.start(list(self.specs.values()))
-                for event in self.executor.poll(timeout=0):
-                    self._apply(event)
+                with self.store.batch():  # one transaction for a whole poll's events
+                    for event in self.executor.poll(timeout=0):
+                        self._apply(event)
         except KeyboardInterrupt as exc:
             self.stop(exc)
 
@@ -99,14 +109,18 @@ class Runner:
                 else:  # only retries waiting for their time
                     events = []
                     time.sleep(self._poll_timeout())
-                for event in events:
-                    self._apply(event)
+                with self.store.batch():
+                    for event in events:
+                        self._apply(event)
                 if time.monotonic() >= next_check:
                     self._honour_cancel_requests()
                     next_check = time.monotonic() + CANCEL_CHECK_S
                 self.view.tick()
         except KeyboardInterrupt as exc:
             self.stop(exc)
+        line = usage_summary([o.usage for o in self.outcomes.values()])
+        if line:
+            self.view.message(f"[nrun] sweep {self.sweep_id}: {line}")
         return self.outcomes
 
     def _apply(self, event: Any) -> None:
@@ -131,12 +145,12 @@ class Runner:
                 row.attempt = self._attempts[event.idx]
             outcome = settle(spec, event)
             row.ended = event.time
-            if outcome.state in (FAILED, TIMEOUT) and self._attempts[event.idx] <= self.retries:
+            if outcome.state in (FAILED, TIMEOUT, LOST) and self._attempts[event.idx] <= self.retries:
                 delay = retry_delay(self._attempts[event.idx])
                 row.state = PENDING
                 row.detail = f"retry {self._attempts[event.idx]}/{self.retries} in {delay:g}s: {outcome.error}"
                 self.store.update_point(self.sweep_id, event.idx, state=PENDING, exit_code=outcome.exit_code,
-                                        error=outcome.error, detail=row.detail)
+                                        error=outcome.error, detail=row.detail, usage=outcome.usage)
                 self.view.changed(row)
                 self._retry_at[event.idx] = time.monotonic() + delay
                 return
@@ -147,7 +161,7 @@ class Runner:
                 self.sweep_id, event.idx, state=outcome.state, exit_code=outcome.exit_code,
                 ended=row.ended, error=(outcome.error + ("\n" + outcome.traceback if outcome.traceback else "")) or None,
                 value_repr=_short(repr(outcome.value), 500) if outcome.state == COMPLETED else None,
-                detail=outcome.error)
+                usage=outcome.usage, detail=outcome.error)
         self.view.changed(row)
 
     def stop(self, exc: KeyboardInterrupt) -> None:
@@ -177,8 +191,8 @@ class Runner:
 
     def _honour_cancel_requests(self) -> None:
         """`nrun cancel` from another shell marks points in the store; stop them here."""
-        wanted = [p["idx"] for p in self.store.points(self.sweep_id)
-                  if p["cancel_requested"] and p["idx"] in self.specs and p["idx"] not in self.outcomes]
+        wanted = [i for i in self.store.cancel_requests(self.sweep_id)
+                  if i in self.specs and i not in self.outcomes]
         if wanted:
             self._cancel_retries(wanted, "nrun cancel")
             self.executor.cancel(wanted)
@@ -225,6 +239,31 @@ class deferred_signals:
             signal.signal(sig, handler)
         if self.got:
             os.kill(os.getpid(), self.got[0])  # now, with the real handler in place
+
+
+def usage_summary(usages: List[Optional[Dict[str, Any]]]) -> str:
+    """'16 points, 12.3 CPU-s, peak RSS 310 MB' over the points that reported what they used."""
+    known = [u for u in usages if u]
+    if not known:
+        return ""
+    cpu = sum(float(u.get("cpu_s") or 0) for u in known)
+    rss = max(int(u.get("max_rss") or 0) for u in known)
+    text = f"{len(usages)} points, {cpu:.1f} CPU-s, peak RSS {human_bytes(rss)}"
+    gpu = [int(u["gpu_mem"]) for u in known if u.get("gpu_mem")]
+    if gpu:
+        text += f", peak GPU memory {human_bytes(max(gpu))}"
+    if len(known) < len(usages):
+        text += f" ({len(usages) - len(known)} point(s) reported nothing)"
+    return text
+
+
+def human_bytes(n: float) -> str:
+    """310 MB, 1.2 GB: decimal units, as `df -H` prints them."""
+    for unit in ("B", "kB", "MB"):
+        if abs(n) < 1000:
+            return f"{n:.0f} {unit}"
+        n /= 1000.0
+    return f"{n:.1f} GB"
 
 
 def retry_delay(attempt: int) -> float:

@@ -9,7 +9,8 @@ stored, shown by `nrun show`, diffed, and sent anywhere.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -49,23 +50,37 @@ class JobSpec:
     def nrun_dir(self) -> Path:
         """nrun's own files of the point in this sweep: never shared with another sweep that
         writes into the same job dir."""
-        return Path(self.job_dir) / ".nrun" / self.sweep_id
+        return Path(self._nrun_dir)
+
+    # Paths as strings joined directly: these are read for every point of a 10,000-point sweep
+    # several times, and building Path objects for them showed in profiles. The job dir is
+    # spelled as Path spells it (computed once per value of job_dir).
+    @property
+    def _job(self) -> str:
+        cached = self.__dict__.get("_job_spelled")
+        if cached is None or cached[0] != self.job_dir:
+            cached = self.__dict__["_job_spelled"] = (self.job_dir, str(Path(self.job_dir)))
+        return cached[1]
+
+    @property
+    def _nrun_dir(self) -> str:
+        return os.path.join(self._job, ".nrun", self.sweep_id)
 
     @property
     def stdout(self) -> str:
-        return str(Path(self.job_dir) / "stdout.log")
+        return os.path.join(self._job, "stdout.log")
 
     @property
     def stderr(self) -> str:
-        return str(Path(self.job_dir) / "stderr.log")
+        return os.path.join(self._job, "stderr.log")
 
     @property
     def result_file(self) -> str:
-        return str(self.nrun_dir / "result.json")
+        return os.path.join(self._nrun_dir, "result.json")
 
     @property
     def payload_file(self) -> str:
-        return str(self.nrun_dir / "point.json")
+        return os.path.join(self._nrun_dir, "point.json")
 
     def token(self, attempt: Any) -> str:
         """NRUN_TOKEN of one attempt (an attempt number, or the backend's id for it): it tags
@@ -77,7 +92,7 @@ class JobSpec:
         return {"sweep_id": self.sweep_id, "index": int(self.index), "overrides": self.overrides_digest}
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps(self.as_dict(), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "JobSpec":
@@ -86,4 +101,9 @@ class JobSpec:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def as_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+        """The fields as plain data (lists and dicts copied), without asdict's deep recursion."""
+        return {f: _copied(getattr(self, f)) for f in self.__dataclass_fields__}
+
+
+def _copied(value: Any) -> Any:
+    return list(value) if isinstance(value, list) else dict(value) if isinstance(value, dict) else value

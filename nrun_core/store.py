@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import _thread
 import atexit
+import contextlib
 import json
 import os
 import secrets
@@ -21,7 +22,7 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from nrun_core.errors import ConfigError, StoreError
 from nrun_core.paths import nrun_home, private_home
@@ -50,7 +51,7 @@ CREATE TABLE IF NOT EXISTS points (
     sweep_id TEXT, idx INTEGER, overrides TEXT, spec TEXT, state TEXT,
     backend_id TEXT, pid INTEGER, pid_start TEXT, attempts INTEGER DEFAULT 0,
     exit_code INTEGER, started REAL, ended REAL, error TEXT, value_repr TEXT,
-    stdout TEXT, stderr TEXT, cancel_requested INTEGER DEFAULT 0,
+    stdout TEXT, stderr TEXT, cancel_requested INTEGER DEFAULT 0, usage TEXT,
     PRIMARY KEY (sweep_id, idx)
 );
 CREATE TABLE IF NOT EXISTS events (
@@ -63,8 +64,10 @@ _SWEEP_FIELDS = {"name", "executor", "state", "app", "cwd", "argv", "sweep_dir",
                  "artifact", "detached", "supervisor_pid", "supervisor_start", "backend_id",
                  "info", "cancel_requested", "ended"}
 _POINT_FIELDS = {"state", "backend_id", "pid", "pid_start", "attempts", "exit_code", "started",
-                 "ended", "error", "value_repr", "stdout", "stderr", "cancel_requested", "spec"}
-_JSON_FIELDS = {"argv", "conf", "artifact", "info", "overrides"}
+                 "ended", "error", "value_repr", "stdout", "stderr", "cancel_requested", "spec", "usage"}
+_JSON_FIELDS = {"argv", "conf", "artifact", "info", "overrides", "usage"}
+# Columns added after the first release: (table, column, type), added to older stores on open.
+_MIGRATIONS = [("points", "usage", "TEXT")]
 
 
 def sweep_state(counts: Dict[str, int]) -> str:
@@ -127,6 +130,7 @@ class Store:
         self._busy_s = BUSY_S
         self._pid = os.getpid()
         self._db: Optional[sqlite3.Connection] = None
+        self._batch: Optional[List[_Change]] = None
         self._open(create)
 
     @property
@@ -189,6 +193,7 @@ class Store:
         db.execute("PRAGMA synchronous=NORMAL")
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if {"sweeps", "points", "events"} <= tables:
+            self._migrate()
             return
         if not create:
             raise StoreError(f"{self.path} holds no nrun sweeps (empty, or not nrun's store); check "
@@ -196,9 +201,54 @@ class Store:
                              f"`mv {self.path} {self.path}.corrupt` (nrun never deletes it)")
         db.executescript(_SCHEMA)
 
+    def _migrate(self) -> None:
+        """A store made by an older nrun gains the columns added since (one ALTER each)."""
+        db = self._db
+        for table, column, kind in _MIGRATIONS:
+            have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                try:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                except sqlite3.OperationalError as exc:
+                    if "duplicate column" not in str(exc):  # another process added it first: fine
+                        raise
+
+    def delete_sweeps(self, sweep_ids: Sequence[str]) -> None:
+        """Forget these sweeps: their rows, points and events (``nrun gc``), in one transaction."""
+        ops: List[Tuple[str, Sequence[Any]]] = []
+        for sid in sweep_ids:
+            ops += [("DELETE FROM events WHERE sweep_id = ?", (sid,)),
+                    ("DELETE FROM points WHERE sweep_id = ?", (sid,)),
+                    ("DELETE FROM sweeps WHERE id = ?", (sid,))]
+        if ops:
+            self._write(_Change("", f"the removal of {len(sweep_ids)} sweep(s)", ops))
+
     # -- writing ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """The changes made inside are written together, in one transaction at the end (the
+        runner applies a poll's events this way: one commit per poll, not one per event)."""
+        with self._lock:
+            outer = self._batch is not None
+            if not outer:
+                self._batch = []
+        try:
+            yield
+        finally:
+            if not outer:
+                with self._lock:
+                    changes, self._batch = self._batch or [], None
+                    for change in _merged(changes):
+                        self._write(change)
+
     def _write(self, change: _Change, must: bool = False) -> None:
         with self._lock:
+            if self._batch is not None:
+                if not must:
+                    self._batch.append(change)
+                    return
+                self._queue.extend(_merged(self._batch))  # what the batch holds goes first, in order
+                self._batch = []
             self._queue.append(change)
             if must:
                 wait = store_wait_s()
@@ -253,7 +303,10 @@ class Store:
         db.execute("BEGIN IMMEDIATE")
         try:
             for sql, params in ops:
-                db.execute(sql, params)
+                if type(params) is _Many:
+                    db.executemany(sql, params)
+                else:
+                    db.execute(sql, params)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -345,14 +398,13 @@ class Store:
     def add_points(self, sweep_id: str, points: Sequence[Dict[str, Any]]) -> None:
         """Insert (or reset for a retry batch) points, all in one transaction; waits like create_sweep."""
         now = time.time()
-        ops: List[Tuple[str, Sequence[Any]]] = []
-        for p in points:
-            ops.append(("INSERT OR REPLACE INTO points (sweep_id, idx, overrides, spec, state, stdout, stderr)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (sweep_id, p["idx"], json.dumps(p["overrides"]), p["spec"], p.get("state", PENDING),
-                         p.get("stdout"), p.get("stderr"))))
-            ops.append(("INSERT INTO events VALUES (?, ?, ?, ?, ?)",
-                        (sweep_id, p["idx"], now, p.get("state", PENDING), "recorded")))
+        rows = _Many((sweep_id, p["idx"], json.dumps(p["overrides"]), p["spec"], p.get("state", PENDING),
+                      p.get("stdout"), p.get("stderr")) for p in points)
+        events = _Many((sweep_id, p["idx"], now, p.get("state", PENDING), "recorded") for p in points)
+        ops: List[Tuple[str, Sequence[Any]]] = [
+            ("INSERT OR REPLACE INTO points (sweep_id, idx, overrides, spec, state, stdout, stderr)"
+             " VALUES (?, ?, ?, ?, ?, ?, ?)", rows),
+            ("INSERT INTO events VALUES (?, ?, ?, ?, ?)", events)]
         self._write(_Change(sweep_id, f"the {len(points)} point(s) of sweep {sweep_id}", ops), must=True)
 
     def update_sweep(self, sweep_id: str, **fields: Any) -> None:
@@ -434,6 +486,19 @@ class Store:
                               (sweep_id, idx))
         return [dict(r) for r in rows]
 
+    def cancel_requests(self, sweep_id: str) -> List[int]:
+        """The points of a sweep whose cancel was requested (one indexed query, not every row)."""
+        rows = self._rows("SELECT idx FROM points WHERE sweep_id = ? AND cancel_requested = 1", (sweep_id,))
+        wanted = {r[0] for r in rows}
+        for c in self._queue:
+            if c.sweep_id == sweep_id:
+                for idx, fields in c.points:
+                    if fields.get("cancel_requested"):
+                        if idx is None:
+                            return [p["idx"] for p in self.points(sweep_id)]
+                        wanted.add(idx)
+        return sorted(wanted)
+
     def counts(self, sweep_id: str) -> Dict[str, int]:
         if any(c.sweep_id == sweep_id and c.points for c in self._queue):
             out: Dict[str, int] = {}
@@ -442,6 +507,27 @@ class Store:
             return out
         rows = self._rows("SELECT state, COUNT(*) FROM points WHERE sweep_id = ? GROUP BY state", (sweep_id,))
         return {state: n for state, n in rows}
+
+
+class _Many(list):
+    """The rows of one executemany statement."""
+
+
+def _merged(changes: List[_Change]) -> List[_Change]:
+    """Consecutive changes of one sweep as one change (one transaction), in order."""
+    out: List[_Change] = []
+    for c in changes:
+        last = out[-1] if out else None
+        if last is None or last.sweep_id != c.sweep_id:
+            out.append(_Change(c.sweep_id, c.what, list(c.ops), sweep=dict(c.sweep) if c.sweep else None,
+                               points=list(c.points)))
+            continue
+        last.what = f"changes to sweep {c.sweep_id}"
+        last.ops.extend(c.ops)
+        last.points.extend(c.points)  # type: ignore[attr-defined]
+        if c.sweep:
+            last.sweep = {**(last.sweep or {}), **c.sweep}
+    return out
 
 
 _RETRYABLE = frozenset({"busy", "full", "ioerr", "readonly"})

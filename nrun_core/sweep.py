@@ -9,14 +9,17 @@ supervisor, and give Hydra one JobReturn per point with the point's real return 
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, setup_globals
@@ -48,7 +51,9 @@ class Sweep:
         self.composer = FastComposer(hydra_context.config_loader).install()
         self.sweep_id: Optional[str] = None
         self._store: Optional[Store] = None
-        self._configs: Dict[int, DictConfig] = {}
+        self._configs = PointConfigs(self._compose, keep=self.composer.keep, composer=self.composer)
+        self._dirs: Dict[str, str] = {}  # resolved sweep dirs that are the same in every point
+        self._cwd = os.getcwd()  # the launch dir: Hydra's working_dir of a job that does not chdir
         self._recorded = False  # the sweep row exists (later batches of the sweeper add points)
         self.task_name = str(JobRuntime.instance().get("name"))
         self._secret: set = set()
@@ -110,16 +115,46 @@ class Sweep:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         indices = [initial_job_idx + i for i in range(len(job_overrides))]
 
-        configs = {idx: self._compose(idx, list(ov)) for idx, ov in zip(indices, job_overrides)}
-        artifact = self._package(o.get("packager"), sweep_dir)
-        executor.choose_mode(packaged=artifact is not None)
-        specs = [self._spec(idx, list(ov), configs[idx], artifact) for idx, ov in zip(indices, job_overrides)]
-        task = self._task_entry(executor, artifact)
-        executor.validate(specs)
+        points = [(idx, list(ov)) for idx, ov in zip(indices, job_overrides)]
+        write = None  # writes a point's payload; None once they are written (or when none is needed)
+        if _packs(o.get("packager")):  # every point composed before anything is packed
+            dirs = {}
+            with _gc_paused():
+                for idx, ov in points:
+                    cfg = self._configs.add(idx, ov)
+                    dirs[idx] = self._job_dir(cfg)
+                    self._configs.done(idx, cfg)
+            artifact = self._package(o.get("packager"), sweep_dir)
+            executor.choose_mode(packaged=True)
+            specs = [self._spec(idx, ov, dirs[idx], artifact) for idx, ov in points]
+            del dirs
+            task = self._task_entry(executor, artifact)
+            if task is not None and not o.get("dry_run"):
+                write = self._payload_writer(task, artifact)
+        else:  # one pass: each point composed, specified and its payload written, then let go
+            artifact = None
+            executor.choose_mode(packaged=False)
+            task = self._task_entry(executor, artifact)
+            now = self._payload_writer(task, artifact) if task is not None and not o.get("dry_run") else None
+            specs = []
+            with _gc_paused():
+                for idx, ov in points:
+                    cfg = self._configs.add(idx, ov)
+                    specs.append(self._spec(idx, ov, self._job_dir(cfg), artifact))
+                    if now is not None:
+                        now(specs[-1], cfg)
+                    self._configs.done(idx, cfg)
+        try:
+            executor.validate(specs)
+        except BaseException:
+            if write is None and task is not None and not o.get("dry_run"):
+                _remove_payloads(specs)
+            raise
 
         if o.get("dry_run"):
-            self._print_dry_run(executor, specs, artifact, configs)
-            return [self._job_return(configs[s.index], s, Outcome(COMPLETED)) for s in specs]
+            self._print_dry_run(executor, specs, artifact)
+            with _gc_paused():
+                return [self._job_return(s, Outcome(COMPLETED)) for s in specs]
 
         reused = self._resumable(specs) if o.get("resume") else {}
         self._record(sweep_dir, specs, artifact)
@@ -127,43 +162,76 @@ class Sweep:
             self.store.update_point(self.sweep_id, idx, state=COMPLETED, value_repr=repr(outcome.value)[:500],
                                     detail="resumed: completed in an earlier sweep")
         todo = [s for s in specs if s.index not in reused]
-        if task is not None:
-            root, base, pickler = _code_root(artifact), payload.version_base(), payload.Pickler()
-            for s in todo:
-                payload.write(s, payload.build(s, configs[s.index], task, code_root=root, version_base=base,
-                                               task_name=self.task_name, pickler=pickler))
+        if write is not None:
+            with _gc_paused():
+                for s in todo:
+                    cfg = self._configs.lend(s.index)
+                    write(s, cfg)
+                    self._configs.done(s.index, cfg)
         rows = {s.index: Row(s.index, " ".join(s.overrides)) for s in todo}
         if not o.get("wait", True):
             from nrun_core.detach import detach
 
             detach(self, executor, todo, rows)
-            return [self._job_return(configs[s.index], s, reused.get(s.index, Outcome(COMPLETED)))
-                    for s in specs]
+            with _gc_paused():
+                return [self._job_return(s, reused.get(s.index, Outcome(COMPLETED))) for s in specs]
         outcomes = self._run_here(executor, todo, rows)
         outcomes.update(reused)
-        returns = [self._job_return(configs[s.index], s, outcomes[s.index]) for s in specs]
+        with _gc_paused():
+            returns = [self._job_return(s, outcomes[s.index]) for s in specs]
         self._report_failures(specs, outcomes)
         return returns
 
     # -- composition and specs -----------------------------------------------------------
-    def _compose(self, idx: int, overrides: List[str]) -> DictConfig:
+    def _compose(self, idx: int, overrides: List[str], lend: bool = False) -> DictConfig:
+        """The point's config as Hydra's launchers make it; `lend`: built in place on the
+        composer's scratch copy when it can be (hand it back through PointConfigs.done)."""
         try:
-            cfg = self.composer.take(self.config, overrides)
+            cfg = (self.composer.lend(self.config, overrides) if lend else None) or \
+                self.composer.take(self.config, overrides)
         except Exception as exc:
             raise ConfigError(f"point #{idx} ({' '.join(overrides)}) does not compose: {exc}. "
                               "Nothing was submitted.") from exc
-        with open_dict(cfg):
-            cfg.hydra.job.id = f"{self.sweep_id}_{idx}"
-            cfg.hydra.job.num = idx
+        from nrun_core.compose import set_field
+
+        job = cfg._get_node("hydra")._get_node("job")  # what Hydra's launchers set
+        set_field(job, "id", f"{self.sweep_id}_{idx}")
+        set_field(job, "num", idx)
         payload.redact_secrets(cfg, self._secret)
-        self._configs[idx] = cfg
         return cfg
 
-    def _spec(self, idx: int, overrides: List[str], cfg: DictConfig, artifact: Any) -> JobSpec:
-        o = self.options
-        if _needs_hydra_resolver(cfg):  # costly (~10 ms): only when the dir names use ${hydra:...}
+    def _payload_writer(self, task: Dict[str, Any], artifact: Any) -> Callable[[JobSpec, DictConfig], None]:
+        """Writes a point's payload (its config and the task reference) into its nrun dir."""
+        root, base, pickler = _code_root(artifact), payload.version_base(), payload.Pickler()
+
+        def write(spec: JobSpec, cfg: DictConfig) -> None:
+            payload.write(spec, payload.build(spec, cfg, task, code_root=root, version_base=base,
+                                              task_name=self.task_name, pickler=pickler))
+        return write
+
+    def _job_dir(self, cfg: DictConfig) -> str:
+        """Hydra's output dir of the point (sweep dir / subdir), as composed."""
+        sweep = cfg.hydra.sweep
+        raw = [sweep._get_node(k)._value() for k in ("dir", "subdir")]
+        if any("${hydra:" in str(r) for r in raw):  # costly (~10 ms): only when the dir names use it
             HydraConfig.instance().set_config(cfg)
-        job_dir = os.path.abspath(os.path.join(str(cfg.hydra.sweep.dir), str(cfg.hydra.sweep.subdir)))
+        return os.path.abspath(os.path.join(*(self._dir_part(sweep, k, r) for k, r in zip(("dir", "subdir"), raw))))
+
+    def _dir_part(self, sweep: DictConfig, key: str, raw: Any) -> str:
+        """hydra.sweep.dir or .subdir resolved, without OmegaConf's grammar (~0.3 ms a value) for
+        the usual forms: Hydra's default subdir `${hydra.job.num}`, and a dir whose only
+        interpolations are `${now:...}` (cached: the same in every point of the sweep)."""
+        if raw == "${hydra.job.num}":
+            return str(sweep._get_parent().job.num)
+        hit = self._dirs.get(raw) if isinstance(raw, str) else None
+        if hit is None:
+            hit = str(sweep[key])
+            if isinstance(raw, str) and "\\" not in raw and "${" not in _NOW.sub("", raw):
+                self._dirs[raw] = hit
+        return hit
+
+    def _spec(self, idx: int, overrides: List[str], job_dir: str, artifact: Any) -> JobSpec:
+        o = self.options
         command = wrappers.wrap(list(BASE_COMMAND), o.get("launcher"), nodes=o.get("nodes", 1),
                                 gpus_per_node=o.get("gpus_per_node", 0), run_id=f"{self.sweep_id}-{idx}")
         return JobSpec(
@@ -201,7 +269,7 @@ class Sweep:
         return entry
 
     def _package(self, packager: Optional[Mapping[str, Any]], sweep_dir: Path) -> Any:
-        if not packager or packager.get("name", "passthrough") == "passthrough":
+        if not _packs(packager):
             return None
         from nrun_core import packaging
 
@@ -303,14 +371,14 @@ class Sweep:
         return reused
 
     # -- results -------------------------------------------------------------------------
-    def _job_return(self, cfg: DictConfig, spec: JobSpec, outcome: Outcome) -> JobReturn:
-        """What Hydra's run_job returns for the point, with the value the point returned."""
-        task_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
-        with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):  # as run_job sets it
-            cfg.hydra.runtime.output_dir = spec.job_dir
-        chdir = cfg.hydra.job.chdir
-        ret = JobReturn(overrides=list(cfg.hydra.overrides.task), cfg=task_cfg, hydra_cfg=cfg,
-                        working_dir=spec.job_dir if chdir else os.getcwd(), task_name=self.task_name)
+    def _job_return(self, spec: JobSpec, outcome: Outcome) -> JobReturn:
+        """What Hydra's run_job returns for the point, with the value the point returned. Its
+        configs are made when first read (a sweeper rarely reads them; made for 10,000 points
+        at once they would cost seconds and ~1 GB)."""
+        ret = _PointReturn(lambda: _return_configs(self._configs[spec.index], spec.job_dir),
+                           overrides=self.composer.task_overrides(spec.overrides),
+                           working_dir=spec.job_dir if self._configs.chdir(spec.index) else self._cwd,
+                           task_name=self.task_name)
         if outcome.state == COMPLETED:
             ret.status, ret._return_value = JobStatus.COMPLETED, outcome.value
         else:
@@ -329,8 +397,7 @@ class Sweep:
             lines.append(f"      logs: {s.stdout}  {s.stderr}")
         print("\n".join(lines), file=sys.stderr, flush=True)
 
-    def _print_dry_run(self, executor: Executor, specs: List[JobSpec], artifact: Any,
-                       configs: Dict[int, DictConfig]) -> None:
+    def _print_dry_run(self, executor: Executor, specs: List[JobSpec], artifact: Any) -> None:
         task = taskref.describe(self.task_function, _code_root(artifact))
         where = (task.ref or {}).get("file") or task.why_not
         out = [f"# nrun dry run: {self.entry.option}, {len(specs)} point(s); nothing was submitted",
@@ -341,9 +408,8 @@ class Sweep:
             out.append(f"# artifact {artifact.digest[:16]} ({m.get('commit') or 'no commit'}, "
                        f"dirty={m.get('dirty')}) {artifact.path}")
         for s in specs:
-            job = configs[s.index].hydra.job
             out.append(f"# point #{s.index}: {' '.join(s.overrides)} -> {s.job_dir} "
-                       f"(hydra.job.name={job.name}, hydra.job.num={job.num})")
+                       f"(hydra.job.name={self._configs.name(s.index)}, hydra.job.num={s.index})")
         for req in executor.render(specs):
             out.append(f"## {req.title}\n{req.text}")
         print("\n".join(out), flush=True)
@@ -354,6 +420,119 @@ class Sweep:
             raise ConfigError(f"hydra.launcher.wait=false with the sweeper {target}: that sweeper reads "
                               "each batch's return values to choose the next, so it must wait; "
                               "set hydra.launcher.wait=true (or use the basic sweeper)")
+
+
+class PointConfigs(Mapping):
+    """The composed config of each point of the sweep, by index (what forked points run and
+    executors read). Up to `keep` of them are held (NRUN_KEEP_CONFIGS, default compose.KEEP);
+    past that a point's config is composed again when asked for (~1 ms on the fast path), so a
+    10,000-point sweep does not hold ~1 GB of configs. What the launcher needs of every point
+    (its overrides, job name, chdir) is kept apart."""
+
+    def __init__(self, compose: Callable[..., DictConfig], keep: int, composer: Any) -> None:
+        self._compose, self._keep, self._composer = compose, keep, composer
+        self._points: Dict[int, Tuple[List[str], str, bool]] = {}
+        self._held: Dict[int, DictConfig] = {}
+
+    def add(self, idx: int, overrides: List[str]) -> DictConfig:
+        """Compose the point (errors surface here, before anything is packed or submitted); the
+        caller hands the config back with `done` before adding the next."""
+        hold = len(self._held) < self._keep
+        cfg = self._compose(idx, overrides, lend=not hold)
+        self._points[idx] = (overrides, str(cfg.hydra.job.name), bool(cfg.hydra.job.chdir))
+        if hold:
+            self._held[idx] = cfg
+        return cfg
+
+    def lend(self, idx: int) -> DictConfig:
+        """The point's config for a use that ends with `done` before the next one."""
+        cfg = self._held.get(idx)
+        return cfg if cfg is not None else self._compose(idx, self._points[idx][0], lend=True)
+
+    def done(self, idx: int, cfg: DictConfig) -> None:
+        """The launcher is done with a config it asked for: let it go now unless it is held."""
+        if self._held.get(idx) is not cfg and not self._composer.give_back(cfg):
+            from nrun_core.compose import dispose
+
+            dispose(cfg)
+
+    def name(self, idx: int) -> str:
+        return self._points[idx][1]
+
+    def chdir(self, idx: int) -> bool:
+        return self._points[idx][2]
+
+    def __getitem__(self, idx: int) -> DictConfig:
+        cfg = self._held.get(idx)
+        if cfg is None:
+            if idx not in self._points:
+                raise KeyError(idx)
+            cfg = self._compose(idx, self._points[idx][0])
+        return cfg
+
+    def __contains__(self, idx: object) -> bool:
+        return idx in self._points
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._points)
+
+    def __len__(self) -> int:
+        return len(self._points)
+
+
+class _PointReturn(JobReturn):
+    """A JobReturn whose configs (cfg, hydra_cfg) are composed when first read."""
+
+    def __init__(self, make: Callable[[], Tuple[DictConfig, DictConfig]], **fields: Any) -> None:
+        super().__init__(**fields)
+        self.__dict__["_make"] = make
+
+    def _configs(self) -> None:
+        make = self.__dict__.pop("_make", None)
+        if make is not None:
+            self.__dict__["_cfg"], self.__dict__["_hydra_cfg"] = make()
+
+    @property  # type: ignore[override]
+    def cfg(self) -> Any:
+        self._configs()
+        return self.__dict__.get("_cfg")
+
+    @cfg.setter
+    def cfg(self, value: Any) -> None:
+        self._configs()
+        self.__dict__["_cfg"] = value
+
+    @property  # type: ignore[override]
+    def hydra_cfg(self) -> Any:
+        self._configs()
+        return self.__dict__.get("_hydra_cfg")
+
+    @hydra_cfg.setter
+    def hydra_cfg(self, value: Any) -> None:
+        self._configs()
+        self.__dict__["_hydra_cfg"] = value
+
+
+def _return_configs(cfg: DictConfig, job_dir: str) -> Tuple[DictConfig, DictConfig]:
+    """(cfg, hydra_cfg) of the point's JobReturn, as Hydra's run_job makes them."""
+    task_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
+    with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):  # as run_job sets it
+        cfg.hydra.runtime.output_dir = job_dir
+    return task_cfg, cfg
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Bulk work on thousands of points without the cyclic collector: the configs made there
+    are either held or disposed of (freed by reference counting), so it would only rescan
+    the held ones, again and again, for nothing. It runs again afterwards as usual."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 class _sigterm_as_interrupt:
@@ -378,6 +557,26 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+def _packs(packager: Optional[Mapping[str, Any]]) -> bool:
+    """Does the sweep pack its code (any packager but passthrough)?"""
+    return bool(packager) and packager.get("name", "passthrough") != "passthrough"
+
+
+def _remove_payloads(specs: List[JobSpec]) -> None:
+    """The payloads written for a sweep the executor then refused: their files and the dirs
+    made for them (a job dir only if nothing else is in it)."""
+    for s in specs:
+        try:
+            os.unlink(s.payload_file)
+        except OSError:
+            pass
+        for d in (s.nrun_dir, s.nrun_dir.parent, Path(s.job_dir)):
+            try:
+                os.rmdir(d)
+            except OSError:
+                break
+
+
 def _code_root(artifact: Any) -> str:
     """The root the payload's paths are relative to: the packed tree, or the launch dir."""
     if artifact is not None:
@@ -390,9 +589,7 @@ def _app_name() -> str:
     return os.path.abspath(getattr(main, "__file__", None) or sys.argv[0] or "?")
 
 
-def _needs_hydra_resolver(cfg: DictConfig) -> bool:
-    raw = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)
-    return "${hydra:" in str(raw)
+_NOW = re.compile(r"\$\{now:[^${}\\]*\}")
 
 
 def _failure_text(spec: JobSpec, outcome: Outcome) -> str:

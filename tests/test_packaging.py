@@ -240,13 +240,13 @@ def test_symlinks_inside_are_kept_and_links_outside_are_refused_at_pack_time(tmp
 def test_unchanged_tree_reuses_the_artifact_without_repacking(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "r", {f"pkg/m{i}.py": f"x = {i}\n" for i in range(200)})
     first = package({"name": "git"}, source_dir=repo)
-    stamp = first.path.stat().st_mtime_ns
+    stamp = first.path.stat().st_ino  # a rewrite is a new file renamed into place (the mtime is touched on reuse)
     t0 = time.perf_counter()
     second = package({"name": "git"}, source_dir=repo)
     warm = time.perf_counter() - t0
     assert (second.path, second.digest) == (first.path, first.digest)
     assert first.manifest["reused"] is False and second.manifest["reused"] is True
-    assert second.path.stat().st_mtime_ns == stamp  # not rewritten
+    assert second.path.stat().st_ino == stamp  # not rewritten
     assert warm < 0.5, f"warm re-launch took {warm:.3f}s"
     assert len(list(first.path.parent.glob("*.tar.gz"))) == 1
 
@@ -455,3 +455,94 @@ def test_workdir_leaves_out_hydra_outputs_and_nrun_home(tmp_path, monkeypatch):
     (src / "multirun" / "2026-01-02" / "new.txt").write_text("another sweep's output")
     again = package({"name": "workdir", "exclude": ["/outputs/", "/multirun/", "*.ckpt"]}, source_dir=src)
     assert again.digest == first.digest
+
+
+# --- workdir: warm re-launch from the walk record ---------------------------------------------------
+
+
+def _age(root: Path, seconds: float = 30) -> None:
+    """Every file and directory last changed `seconds` ago: out of the racy window, as a tree
+    edited a while before the launch is."""
+    past = time.time_ns() - int(seconds * 1e9)
+    for p in [root, *root.rglob("*")]:
+        if ".git" not in p.relative_to(root).parts:
+            os.utime(p, ns=(past, past), follow_symlinks=False)
+
+
+def test_workdir_warm_relaunch_sees_every_kind_of_change(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r", {".gitignore": "*.log\n", "a.py": "aaaa\n", "pkg/b.py": "b\n", "pkg/deep/c.py": "c\n"})
+    cfg = {"name": "workdir"}
+
+    def relaunch() -> Artifact:
+        _age(repo)
+        return package(cfg, source_dir=repo)
+
+    first = relaunch()
+    again = relaunch()
+    assert again.digest == first.digest and again.manifest["reused"] is True
+    assert again.manifest["files"] == first.manifest["files"] and again.manifest["commit"] == first.manifest["commit"]
+    assert list((Path(os.environ["NRUN_HOME"]) / "artifacts" / "walk").iterdir())  # the record it reused
+    for change, check, new_digest in (
+        (lambda: write(repo, {"pkg/deep/new.py": "n\n"}), lambda f: f["pkg/deep/new.py"] == "n\n", True),  # new, deep
+        (lambda: (repo / "pkg" / "b.py").unlink(), lambda f: "pkg/b.py" not in f, True),                  # removed
+        (lambda: (repo / "a.py").write_text("aaab\n"), lambda f: f["a.py"] == "aaab\n", True),            # same size
+        (lambda: write(repo, {".gitignore": "*.log\nnew.py\n"}), lambda f: "pkg/deep/new.py" not in f, True),  # rules
+        (lambda: write(repo, {"pkg/deep/x.log": "ignored"}), lambda f: "pkg/deep/x.log" not in f, False),  # ignored
+        (lambda: (repo / "pkg" / "deep" / "c.py").chmod(0o755), lambda f: True, True),                    # mode only
+    ):
+        before = relaunch()
+        change()
+        art = relaunch()
+        assert check(tree_of(art, tmp_path / f"out-{art.digest[:8]}-{time.time_ns()}"))
+        assert (art.digest != before.digest) == new_digest
+    # a commit changes the manifest's commit even though no packed byte changed
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "more")
+    art = relaunch()
+    assert art.manifest["commit"] == git(repo, "rev-parse", "HEAD").strip()
+    assert art.manifest["dirty"] is False
+
+
+def test_workdir_warm_relaunch_never_trusts_a_racy_stat(tmp_path: Path) -> None:
+    """A file whose stat still matches the record but that changed within the timestamp
+    granularity of the record (git's "racily clean" entries) is re-hashed, never trusted."""
+    from nrun_core.packaging import walkcache
+    from nrun_core.packaging.fstree import RACY_NS
+
+    f = tmp_path / "f.py"
+    f.write_text("x\n")
+    st = os.lstat(f)
+    rec = {"abs": [str(f)], "sigs": [walkcache.sig(st)], "written_ns": st.st_mtime_ns + 1}
+    assert walkcache.unchanged_files(rec) is False            # modified just before the record: racy
+    rec["written_ns"] = st.st_mtime_ns + RACY_NS + 1
+    assert walkcache.unchanged_files(rec) is True             # well before it: trusted
+    f.write_text("y\n")
+    assert walkcache.unchanged_files(rec) is False            # any stat change: re-read
+    f.unlink()
+    assert walkcache.unchanged_files(rec) is None
+
+
+def test_workdir_relaunch_right_after_an_edit_repacks_it(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r", {"a.py": "x = 1\n", "b.py": "b\n"})
+    first = package({"name": "workdir"}, source_dir=repo)   # everything is fresh: nothing trusted yet
+    st = (repo / "a.py").stat()
+    (repo / "a.py").write_text("x = 2\n")
+    os.utime(repo / "a.py", ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and mtime
+    second = package({"name": "workdir"}, source_dir=repo)
+    assert second.digest != first.digest
+    assert tree_of(second, tmp_path / "out")["a.py"] == "x = 2\n"
+
+
+def test_workdir_record_follows_this_launchs_output_dirs(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r", {"a.py": "a\n"})
+    write(repo, {"runs/1/out.txt": "old outputs", "multirun/1/x.txt": "x"})
+    _age(repo)
+    one = package({"name": "workdir"}, source_dir=repo, extra_exclude=[repo / "runs" / "1"])
+    assert [p for p, _ in one.manifest["files"]] == ["a.py"]
+    _age(repo)
+    two = package({"name": "workdir"}, source_dir=repo, extra_exclude=[repo / "runs" / "2"])
+    assert "runs/1/out.txt" in {p for p, _ in two.manifest["files"]}  # as a full walk says
+    _age(repo)  # inside /multirun/ (excluded by default) another sweep dir changes nothing
+    three = package({"name": "workdir"}, source_dir=repo, extra_exclude=[repo / "multirun" / "1"])
+    four = package({"name": "workdir"}, source_dir=repo, extra_exclude=[repo / "multirun" / "2"])
+    assert three.digest == four.digest and four.manifest["reused"]

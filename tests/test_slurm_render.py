@@ -74,7 +74,38 @@ def test_multinode_torchrun_script_golden(home, tmp_path):
     _golden("multinode", text)
 
 
+def test_split_sweep_shows_every_array_golden(home, tmp_path):
+    """A sweep larger than MaxArraySize: several arrays, each from index 0, sharing the throttle."""
+    text = _dry_run(tmp_path, "x=1,2,3,4,5,6,7", "hydra.launcher.max_array_size=3",
+                    "hydra.launcher.array_parallelism=3", "hydra.launcher.points_per_task=1",
+                    "hydra.launcher.job_name=split")
+    titles = [ln for ln in text.splitlines() if ln.startswith("## ")]
+    assert titles == [
+        "## sbatch script: array 1 of 4, 2 task(s) (sweep tasks 0-1), 2 point(s)",
+        "## sbatch script: array 2 of 4, 2 task(s) (sweep tasks 2-3), 2 point(s)",
+        "## sbatch script: array 3 of 4, 2 task(s) (sweep tasks 4-5), 2 point(s)",
+        "## sbatch script: array 4 of 4, 1 task(s) (sweep tasks 6-6), 1 point(s)"]
+    # %N shares add up to array_parallelism=3; the 4th array waits for the 1st (same lane)
+    arrays = [ln for ln in text.splitlines() if ln.startswith("#SBATCH --array")]
+    assert arrays == ["#SBATCH --array=0-1%1"] * 3       # the last array is one task: a plain job
+    assert "runs once array 1 of this sweep has ended (--dependency=afterany" in text
+    assert "MaxArraySize=3 from hydra.launcher.max_array_size" in text
+    _golden("split", text)
+
+
+def test_packed_points_script_golden(home, tmp_path):
+    text = _dry_run(tmp_path, "x=1,2,3,4,5", "hydra.launcher.points_per_task=2", "hydra.launcher.timeout_s=90",
+                    "hydra.launcher.job_name=packed")
+    assert "#SBATCH --array=0-2" in text                  # 5 points in 3 array tasks
+    assert "#SBATCH --time=4" in text                     # 2 x 90 s, rounded up, plus a minute
+    assert "0: points #0, #1 (Slurm ids <array>_0:0..1)" in text
+    _golden("packed", text)
+
+
 @pytest.mark.parametrize("args, words", [
+    (["hydra.launcher.points_per_task=2", "nrun/launcher=torchrun"], ["points_per_task=2", "in process"]),
+    (["hydra.launcher.max_array_size=1"], ["hydra.launcher.max_array_size=1", "MaxArraySize"]),
+    (["hydra.launcher.points_per_task=0"], ["hydra.launcher.points_per_task=0", ">= 1"]),
     (["hydra.launcher.partition='a\nb'"], ["hydra.launcher.partition", "newline"]),
     (["hydra.launcher.time=soon"], ["hydra.launcher.time='soon'", "HH:MM:SS"]),
     (["hydra.launcher.mem=lots"], ["hydra.launcher.mem='lots'"]),
@@ -106,3 +137,15 @@ def test_structured_config_is_registered_with_its_sbatch_options(tmp_path):
                 "additional_parameters:", "srun_args:", "setup:", "use_srun:", "python:", "container_image:",
                 "container_mounts:", "dependencies:", "max_num_timeout:", "ssh:", "known_hosts:"):
         assert key in out, key
+
+
+def test_submit_limits_name_the_limit_and_the_fix():
+    from nrun_core.errors import ConfigError
+    from nrun_core.executors.slurm.limits import Limits
+
+    assert Limits(max_array_size=1001).array_cap == 1000            # indices 0..MaxArraySize-1
+    Limits(max_job_count=10000, queued_all=9980).check(20, 1)       # exactly fits
+    with pytest.raises(ConfigError, match=r"MaxJobCount=10000 .* 9990 are queued .*points_per_task"):
+        Limits(max_job_count=10000, queued_all=9990).check(20, 1)
+    with pytest.raises(ConfigError, match=r"needs 5 Slurm job\(s\) \(2 array\(s\)\).*MaxSubmitJobs=4.*Nothing"):
+        Limits(max_submit_jobs=4).check(5, 2)

@@ -168,3 +168,51 @@ def test_nrun_logs_reads_the_login_nodes_copy_without_a_shared_filesystem(
     out = nrun("logs", "last", "0", env={"PATH": f"{project.parent / 'no-slurm-here'}:{os.environ['PATH']}"})
     assert out.returncode == 0, out.stderr
     assert out.stdout == expected
+
+
+def test_split_and_packed_sweep_over_ssh(ssh_login, slurm_cluster, home, project, tmp_path):
+    """Several arrays (max_array_size=3: two tasks each) of packs (two points a task), all over SSH."""
+    remote = tmp_path / "login-node"
+    proc = _launch(project, [*_ssh_args(ssh_login, remote, slurm_cluster["SLURM_CONF"]), "x=range(0,5)",
+                             "action=jobid", "hydra.launcher.max_array_size=3", "hydra.launcher.points_per_task=2"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    points = status_json()["points"]
+    assert [p["state"] for p in points] == ["COMPLETED"] * 5
+    arrays = list(dict.fromkeys(p["backend_id"].split("_")[0].split(":")[0] for p in points))
+    assert len(arrays) == 2 and status_json()["sweep"]["backend_id"] == ",".join(arrays)
+    for i, p in enumerate(points):
+        assert ":" in p["backend_id"] and f"'job_id': '{p['backend_id']}'" in p["value_repr"]
+        assert f"x={i}" in (project / "multirun" / str(i) / "stdout.log").read_text()      # copied back
+    assert "must not run on the submitting machine" not in proc.stderr
+
+
+def test_one_packed_point_is_cancelled_over_ssh_from_another_shell(ssh_login, slurm_cluster, home, project,
+                                                                   tmp_path):
+    remote = tmp_path / "login-node"
+    proc = _launch(project, [*_ssh_args(ssh_login, remote, slurm_cluster["SLURM_CONF"]), "action=sleep",
+                             "seconds=120", "x=1,2,3", "hydra.launcher.points_per_task=3",
+                             "hydra.launcher.wait=false"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = status_json()["sweep"]["id"]
+    record = lambda i: remote / "sweeps" / sweep / str(i) / ".nrun" / sweep / "pack.json"  # noqa: E731
+    deadline = time.monotonic() + 90
+    while not record(0).exists():
+        assert time.monotonic() < deadline, "the pack never started its first point"
+        time.sleep(0.3)
+    os.kill(status_json()["sweep"]["supervisor_pid"], signal.SIGKILL)   # unsupervised: nrun cancel uses SSH
+    no_slurm = {"PATH": f"{project.parent / 'no-slurm-here'}:{os.environ['PATH']}"}
+    out = nrun("cancel", "last", "0", timeout=60, env=no_slurm)
+    assert out.returncode == 0, out.stdout + out.stderr
+    deadline = time.monotonic() + 60
+    while not record(1).exists():                                       # the pack went on with point 1
+        assert time.monotonic() < deadline, "point 0 was not stopped by its cancel marker"
+        time.sleep(0.3)
+    assert '"reason": "cancelled"' in record(0).read_text()
+    task = status_json()["points"][1]["backend_id"].split(":")[0]
+    out = nrun("cancel", "last", timeout=60, env=no_slurm)
+    assert out.returncode == 0, out.stdout + out.stderr
+    deadline = time.monotonic() + 30
+    while subprocess.run(["squeue", "-h", "-j", task], capture_output=True, text=True).stdout.strip():
+        assert time.monotonic() < deadline, "the pack still runs 30 s after nrun cancel"
+        time.sleep(0.3)
+    assert set(states().values()) == {"CANCELLED"}

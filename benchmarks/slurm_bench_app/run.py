@@ -13,8 +13,12 @@ import time
 
 
 def _mark(name: str) -> None:
+    import resource
+
+    cpu = sum(getattr(resource.getrusage(w), k) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for k in ("ru_utime", "ru_stime"))
     with open(os.environ["BENCH_MARKS"], "a") as f:
-        f.write(json.dumps({"mark": name, "t": time.time()}) + "\n")
+        f.write(json.dumps({"mark": name, "t": time.time(), "cpu": cpu}) + "\n")
 
 
 def _wrap(cls, method: str, name: str) -> None:
@@ -52,6 +56,24 @@ if any(a.startswith("hydra/launcher=nrun") for a in sys.argv):
 
     _wrap(Sweep, "_package", "composed")  # called once every point is composed
     _wrap(Sweep, "_executor", "specs")  # called once every point's job spec is built
+    from nrun_core.executors.slurm.executor import SlurmExecutor
+
+    def _around(method: str, begin: str, end: str) -> None:
+        """Slurm's share of the launcher: validate (limits, plans, --test-only) and start (the
+        sbatch calls); the store records and payloads written between belong to the sweep."""
+        original = getattr(SlurmExecutor, method)
+
+        def timed(self, *args, **kwargs):
+            _mark(begin)
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                _mark(end)
+
+        setattr(SlurmExecutor, method, timed)
+
+    _around("validate", "slurm_specs", "slurm_validated")
+    _around("start", "slurm_start", "slurm_submitted")
 
 app, *rest = sys.argv[1:]
 sys.argv = [app, *rest]

@@ -40,6 +40,9 @@ class Ended:
     exit_code: Optional[int] = None
     detail: str = ""
     time: float = field(default_factory=time.time)
+    # What the backend saw the point use (wall_s, cpu_s, max_rss...), for points that could not
+    # report it themselves (killed, OOM); the point's own result file wins.
+    usage: Optional[Dict[str, Any]] = None
 
 
 Event = Union[Started, Ended]

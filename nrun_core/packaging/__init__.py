@@ -60,12 +60,21 @@ def package(
     from nrun_core.errors import PackagingError
 
     art = _package(cfg, Path(source_dir).resolve(), tuple(extra_exclude))
-    if art is not None and any(p.split("/")[0].casefold() in _unpack_module.RESERVED for p, _ in art.manifest["files"]):
+    if art is not None and _reserved_at_root(art.manifest["files"]):
         raise PackagingError(
             f"{PREFIX}: the packed tree has {_unpack_module.MARKER!r} at its root, a name nrun keeps for "
             "itself (unpacking refuses it); rename or delete it, or leave it out with exclude / .gitignore"
         )
     return art
+
+
+def _reserved_at_root(files: list) -> bool:
+    """Whether a packed path's first part is a name unpacking keeps for itself (all start with a
+    dot: only such paths are looked at, which keeps this cheap on 10,000 files)."""
+    reserved = _unpack_module.RESERVED
+    if all(r.startswith(".") for r in reserved):
+        files = [row for row in files if row[0][:1] == "."]
+    return any(p.split("/")[0].casefold() in reserved for p, _ in files)
 
 
 def _package(cfg: Mapping[str, Any], source: Path, extra: tuple) -> Artifact | None:
@@ -90,6 +99,8 @@ def _package(cfg: Mapping[str, Any], source: Path, extra: tuple) -> Artifact | N
 
         run = partial(hybrid_pack, package=lambda part, source_dir: _package(part, source_dir, extra))
     digest, manifest, workdir = run(c, source, extra)
+    if manifest["reused"]:
+        store.touch(digest)  # in use again: `nrun gc` keeps what is this young
     log.info(
         "%s artifact %s (%d files, %.1f MB, %s) in %.2fs",
         "reused" if manifest["reused"] else "packed", digest[:12], manifest["file_count"],
@@ -110,8 +121,13 @@ def unpack(
     from nrun_core.errors import PackagingError
 
     try:
-        return _unpack_module.unpack(
+        out = _unpack_module.unpack(
             Path(archive), Path(dest), max_files=max_files, max_bytes=max_bytes, max_file_bytes=max_file_bytes
         )
     except _unpack_module.UnpackError as e:
         raise PackagingError(str(e)) from e
+    try:
+        os.utime(out)  # in use again (an existing snapshot): `nrun gc` keeps what is this young
+    except OSError:
+        pass
+    return out

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from nrun_core.errors import PackagingError
-from nrun_core.packaging import fstree, gitrepo, store
+from nrun_core.packaging import fstree, gitrepo, store, walkcache
 from nrun_core.packaging.exclude import Excluder, Extra
 from nrun_core.packaging.ignore import find_repo, workdir_files
 from nrun_core.packaging.manifest import build, caller_position, file_rows
@@ -28,20 +28,56 @@ def base_dir(cfg: dict[str, Any], source_dir: Path) -> Path:
 
 
 def pack_workdir(cfg: dict[str, Any], source_dir: Path, extra_exclude: Extra = ()) -> tuple[str, dict[str, Any], str]:
+    """The directory as .gitignore and ``exclude`` leave it. A re-launch of an unchanged tree
+    reuses the last walk's answer (``walkcache``: a stat per directory and per file, no listing,
+    no hashing, no git) whenever that answer provably still holds."""
     base = base_dir(cfg, source_dir)
     ex = Excluder(base, cfg.get("exclude") or [], extra_exclude, source_dir=source_dir)
-    files = workdir_files(base, ex.own if ex else None)
+    workdir = caller_position(source_dir, base)
+    outputs = sorted(ex.dirs)
+    key = store.key("walk", str(base), ex.patterns)
+    rec = walkcache.load(key)
+    files = None
+    walk = walkcache.Walk()  # its clock starts before any stat is taken
+    if rec is not None and walkcache.listing_holds(rec, outputs):
+        if walkcache.unchanged_files(rec) and store.has(rec["digest"]):
+            return rec["digest"], _warm_manifest(cfg, source_dir, base, ex, rec, workdir, key), workdir
+        files = walkcache.files_of(rec)  # the same files: re-hash only those whose stat changed
+        walk.dirs, walk.sources, walk.pruned = rec["dirs"], rec["sources"], rec["pruned"]
+    if files is None:
+        walk = walkcache.Walk()
+        files = workdir_files(base, ex.own if ex else None, record=walk)
     if not files:
         raise PackagingError(f"{SETTING}.base_dir={cfg['base_dir']!r}: no files to pack under {base} (all ignored by .gitignore or left out by exclude={cfg['exclude']}?)")
     packed = fstree.pack_files(files, store.key("stat", str(base)), SETTING, "add them to .gitignore")
     commit, changes = _provenance(base, ex)
-    workdir = caller_position(source_dir, base)
+    pruned = [p for p in walk.pruned if p not in ex.dirs]
+    walkcache.save(key, walk.started_ns, walk.dirs, walk.sources, pruned, outputs, files, packed.entries,
+                   packed.digest, packed.info, (walkcache.git_state(base), packed.digest, commit, changes))
     manifest = build(
         cfg=cfg, source_dir=source_dir, root=base, commit=commit, dirty=bool(changes), dirty_files=changes,
         left_out=[], files=file_rows(packed.entries), digest=packed.digest, workdir=workdir, info=packed.info,
         reused=packed.reused,
     )
     return packed.digest, manifest, workdir
+
+
+def _warm_manifest(cfg: dict[str, Any], source_dir: Path, base: Path, ex: Excluder, rec: dict, workdir: str,
+                   key: str) -> dict[str, Any]:
+    """The manifest of an unchanged tree from its walk record; git is asked again only if HEAD,
+    its ref or the index changed since."""
+    state, digest, commit, changes = rec["prov"]
+    now = walkcache.git_state(base)
+    if now is None or now != state or digest != rec["digest"]:
+        commit, changes = _provenance(base, ex)
+        rec["prov"] = (walkcache.git_state(base), rec["digest"], commit, changes)
+        walkcache.rewrite(key, rec)
+    info = {"archive_bytes": rec["archive_bytes"], "created": rec["created"]}
+    return build(
+        cfg=cfg, source_dir=source_dir, root=base, commit=commit, dirty=bool(changes), dirty_files=list(changes),
+        left_out=[], files=rec["rows"], digest=rec["digest"],
+        workdir=workdir, info=info, reused=True,
+    )
 
 
 def pack_pattern(cfg: dict[str, Any], source_dir: Path, extra_exclude: Extra = ()) -> tuple[str, dict[str, Any], str]:

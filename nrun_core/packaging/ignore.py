@@ -19,6 +19,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pathspec import GitIgnoreSpec
 
@@ -125,17 +126,23 @@ class Rules:
         return specs
 
 
-def workdir_files(base: Path, skip: Callable[[str, bool], bool] | None = None) -> list[FsFile]:
+def workdir_files(base: Path, skip: Callable[[str, bool], bool] | None = None, record: Any = None) -> list[FsFile]:
     """Every file and symlink under ``base`` that git's ignore rules keep; paths relative to base.
 
     ``skip(path, is_dir)`` (path relative to base) leaves out more; a skipped directory is not entered.
+    ``record`` (a ``walkcache.Walk``) is told every directory listed, every ignore file read and
+    every directory left out, so a later launch can tell whether this answer still holds.
     """
     rules = Rules(base)
     strip = len(rules.base_rel) + 1 if rules.base_rel else 0
     files: list[FsFile] = []
+    if record is not None:
+        record.rules_read(rules)
     stack: list[tuple[str, str, Specs]] = [(str(rules.base), rules.base_rel, rules.specs_above_base())]
     while stack:
         abs_dir, rel_dir, specs = stack.pop()
+        if record is not None:
+            record.listing(abs_dir)
         spec = _load(Path(abs_dir) / ".gitignore")
         if spec is not None:
             specs = [*specs, (rel_dir, spec)]
@@ -150,6 +157,8 @@ def workdir_files(base: Path, skip: Callable[[str, bool], bool] | None = None) -
                 rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
                 is_dir = entry.is_dir(follow_symlinks=False)
                 if rules.ignored(rel, is_dir, specs) or (skip is not None and skip(rel[strip:], is_dir)):
+                    if is_dir and record is not None:
+                        record.pruned.append(rel[strip:])
                     continue
                 if is_dir:
                     stack.append((entry.path, rel, specs))

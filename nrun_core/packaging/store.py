@@ -70,6 +70,16 @@ def publish(tmp: Path, digest: str, entries: list[Entry]) -> dict[str, Any]:
     return info
 
 
+def touch(digest: str) -> None:
+    """Mark an artifact as just used: `nrun gc` keeps anything this young, so a launcher that
+    reuses an old artifact keeps it until its sweep is recorded."""
+    for path in (_entries_path(digest), archive_path(digest)):
+        try:
+            os.utime(path)
+        except OSError:
+            pass
+
+
 def load_info(digest: str) -> dict[str, Any]:
     """The entries record of a present artifact: digest, created, archive_bytes, entries (rows)."""
     return json.loads(_entries_path(digest).read_text())

@@ -22,7 +22,10 @@ import importlib.util
 import json
 import os
 import pickle
+import resource
+import shutil
 import signal
+import subprocess
 import sys
 import time
 import traceback
@@ -55,7 +58,7 @@ def write_result(path: "str | os.PathLike[str]", *, status: str, value: Any = No
     it: a launcher whose Python cannot unpickle it still shows what it was.
     """
     record: Dict[str, Any] = {"status": status, "time": time.time(), "pid": os.getpid(),
-                              "identity": ident}
+                              "identity": ident, "usage": usage()}
     if status == COMPLETED:
         record["repr"] = _short_repr(value)
         try:
@@ -82,6 +85,61 @@ def _short_repr(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+# -- what the point used ------------------------------------------------------------------------
+_START: Dict[str, float] = {}  # pid -> when the point started in that process
+
+
+def mark_start() -> None:
+    """The point's clock starts now in this process (a forked point: in the fork, not when the
+    launcher imported this module); a second call in the same process keeps the first time."""
+    _START.setdefault(str(os.getpid()), time.time())
+
+
+def usage() -> Dict[str, Any]:
+    """What this point used so far: wall s since ``mark_start``, CPU s (user + sys of this
+    process and its waited-for children), peak RSS in bytes (the largest process), and GPU memory
+    in bytes where torch's CUDA or nvidia-smi can tell (left out where neither can)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    out: Dict[str, Any] = {
+        "wall_s": round(time.time() - _START.get(str(os.getpid()), time.time()), 3),
+        "cpu_s": round(me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime, 3),
+        "max_rss": max(me.ru_maxrss, kids.ru_maxrss) * 1024,  # Linux reports KiB
+    }
+    gpu = gpu_memory()
+    if gpu is not None:
+        out["gpu_mem"] = gpu
+    return out
+
+
+def gpu_memory() -> Optional[int]:
+    """Peak GPU memory of the point in bytes: torch's own peak if it already uses CUDA (never
+    imported here), else what nvidia-smi shows this process and its descendants holding; None
+    where there is no GPU, no driver or no tool. Never raises: a point's result is not worth
+    losing over a measurement."""
+    try:
+        torch = sys.modules.get("torch")
+        cuda = getattr(torch, "cuda", None)
+        if cuda is not None and cuda.is_initialized():
+            return int(sum(cuda.max_memory_reserved(d) for d in range(cuda.device_count())))
+        smi = shutil.which("nvidia-smi")
+        if not smi:
+            return None
+        out = subprocess.run([smi, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10)
+        if out.returncode != 0:
+            return None
+        mine = {os.getpid(), *descendants(os.getpid())}
+        total, seen = 0, False
+        for line in out.stdout.splitlines():
+            parts = [x.strip() for x in line.split(",")]
+            if len(parts) == 2 and parts[0].isdigit() and int(parts[0]) in mine and parts[1].isdigit():
+                total += int(parts[1]) * 1024 * 1024  # MiB
+                seen = True
+        return total if seen else None
+    except Exception:
+        return None
+
+
 # -- running a point ---------------------------------------------------------------------------
 def run_point(task_function: Any, cfg: Any, *, result_file: str, ident: Optional[Dict[str, Any]],
               task_name: Optional[str] = None, hydra_context: Any = None) -> int:
@@ -89,6 +147,7 @@ def run_point(task_function: Any, cfg: Any, *, result_file: str, ident: Optional
     callbacks, env_set), then the result file. Returns the point's exit code (0 or 1)."""
     from hydra.core.utils import JobRuntime, JobStatus, run_job, setup_globals
 
+    mark_start()
     setup_globals()
     if task_name:
         JobRuntime.instance().set("name", task_name)
@@ -126,6 +185,7 @@ def run_payload(payload: Dict[str, Any]) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``python nrun_point.py PAYLOAD``: the point's process on every backend but fork."""
+    mark_start()
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python nrun_point.py PAYLOAD (written by the nrun launcher)", file=sys.stderr)

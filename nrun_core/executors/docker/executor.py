@@ -315,6 +315,7 @@ class DockerExecutor(QueuedExecutor):
                 if p.network:
                     _quietly(engine.remove_network, p.network)
             ended = self._ended(p, states, tail)
+            ended.usage = _engine_usage(states)  # read before removal; the point's own account wins
         except Exception as exc:  # never lose the point's end
             ended = Ended(idx=p.spec.index, reason="exited", exit_code=p.exits.get(0),
                           detail=f"ended, but nrun could not read its state: {exc}")
@@ -378,6 +379,25 @@ def _passthrough_dirs(extra: Sequence[str]) -> Tuple[str, ...]:
         if not any(d == k or d.startswith(k.rstrip("/") + "/") for k in dirs):
             dirs.append(d)
     return tuple(dirs)
+
+
+def _engine_usage(states: Dict[int, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """What the engine still knows of an exited point's containers: the longest wall time and
+    whether any was OOM-killed (CPU and memory counters end with the container's cgroup)."""
+    from datetime import datetime
+
+    walls = []
+    for st in states.values():
+        try:
+            start, end = (datetime.fromisoformat(str(st[k]).replace("Z", "+00:00")) for k in ("StartedAt", "FinishedAt"))
+        except (KeyError, ValueError):
+            continue
+        if end >= start:
+            walls.append((end - start).total_seconds())
+    if not walls:
+        return None
+    return {"wall_s": round(max(walls), 3), "oom_killed": any(bool(st.get("OOMKilled")) for st in states.values()),
+            "source": "docker"}
 
 
 def _quietly(fn: Any, *args: Any) -> Any:

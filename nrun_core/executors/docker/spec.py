@@ -219,8 +219,11 @@ def numeric_uid(user: Optional[str]) -> Optional[int]:
 def placement(conf: Any, spec: JobSpec, code: CodeLayout) -> Placement:
     """The point's words inside its containers: the image's Python, the runtime at RUNTIME, the
     code at CODE_DIR (or, passthrough, at its host path), the job dir at its host path."""
+    from nrun_core import threads
+
     return Placement(python=str(conf.python or "python3"), runtime=RUNTIME,
-                     code_dir=CODE_DIR if code.snapshot_root else (spec.code_dir or os.getcwd()))
+                     code_dir=CODE_DIR if code.snapshot_root else (spec.code_dir or os.getcwd()),
+                     threads=threads.container_budget(conf.cpus, spec.cpus_per_task, conf.max_parallel))
 
 
 def build(conf: Any, spec: JobSpec, node: int, *, code: CodeLayout, runtime_dir: str,

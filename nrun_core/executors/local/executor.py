@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
-from nrun_core import placement, procs
+from nrun_core import placement, procs, threads
 from nrun_core.errors import ConfigError
 from nrun_core.executors.base import BackendState, Control, Ended, Event, Request, Started, ENDED, RUNNING
 from nrun_core.executors.queue import GRACE_S, QueuedExecutor, Slot, default_parallelism  # noqa: F401
@@ -112,6 +112,9 @@ class LocalExecutor(QueuedExecutor):
     def __init__(self, options: Any, ctx: Any) -> None:
         super().__init__(options, ctx)
         self.fork = False
+        self.threads: Optional[int] = None  # threads per process of a point, from the first batch
+        self._concurrent = 0                 # points at once
+        self._user_env: Dict[str, str] = {}
         self._wakeup = _Wakeup()
 
     # -- contract ----------------------------------------------------------------------
@@ -132,22 +135,33 @@ class LocalExecutor(QueuedExecutor):
                               "use mode=auto or mode=command")
         self.fork = self.opts.mode == "fork" or (self.opts.mode == "auto" and can_fork)
 
+    def validate(self, specs: Sequence[JobSpec]) -> None:
+        self._budget(specs)
+
+    def header(self) -> str:
+        if self.threads is None:
+            return ""
+        return f"{self._concurrent} point(s) at once; " + threads.describe(self.threads, self._user_env)
+
     def render(self, specs: Sequence[JobSpec]) -> List[Request]:
         from nrun_core.shell import join
 
+        self._budget(specs)
         mode = "fork (in-process, equivalent to the command below)" if self.fork else "command"
         out = []
         for s in specs:
-            where = placement.local(s, sys.executable)
-            env = "".join(f"  {k}={v}\n" for k, v in sorted(s.env.items()))
+            where = placement.local(s, sys.executable, self.threads)
+            budget = threads.thread_env(self.threads, s.env)
+            env = "".join(f"  {k}={v}\n" for k, v in sorted({**s.env, **budget}.items()))
             secrets = "".join(f"  {k}=<from the launching shell>\n" for k in s.secret_env)
             out.append(Request(
                 title=f"point {s.index}",
-                text=(f"mode: {mode}\ncwd: {where.workdir(s)}\nstdout: {s.stdout}\nstderr: {s.stderr}\n"
-                      f"timeout_s: {s.timeout_s}\nenv:\n{env}{secrets}command:\n  {join(where.argv(s))}\n")))
+                text=(f"mode: {mode}\n{threads.describe(self.threads, s.env)}\ncwd: {where.workdir(s)}\n"
+                      f"stdout: {s.stdout}\nstderr: {s.stderr}\ntimeout_s: {s.timeout_s}\nenv:\n{env}{secrets}command:\n  {join(where.argv(s))}\n")))
         return out
 
     def start(self, specs: Sequence[JobSpec]) -> None:
+        self._budget(specs)
         self._wakeup.install()
         super().start(specs)
 
@@ -155,6 +169,7 @@ class LocalExecutor(QueuedExecutor):
     def launch(self, slot: Slot) -> List[Event]:
         pid = self._spawn(slot)
         slot.handle = pid
+        slot.extra["t0"] = time.time()
         return [Started(idx=slot.spec.index, backend_id=str(pid), pid=pid, pid_start=procs.start_time(pid))]
 
     def signal(self, slot: Slot, kill: bool) -> None:
@@ -173,9 +188,9 @@ class LocalExecutor(QueuedExecutor):
         events: List[Event] = []
         for slot in list(self._live.values()):
             try:
-                got, status, _usage = os.wait4(slot.handle, os.WNOHANG)
+                got, status, rusage = os.wait4(slot.handle, os.WNOHANG)
             except ChildProcessError:
-                got, status = slot.handle, 0
+                got, status, rusage = slot.handle, 0, None
             if got == 0:
                 continue
             code = os.waitstatus_to_exitcode(status)
@@ -184,13 +199,25 @@ class LocalExecutor(QueuedExecutor):
             elif code != 0:  # a point that died hard could not end what it started: do it here
                 procs.kill_tagged(slot.token)
             events.append(Ended(idx=slot.spec.index, reason="exited", exit_code=code,
-                                detail=procs.describe_exit(code, oom_hint=True)))
+                                detail=procs.describe_exit(code, oom_hint=True), usage=_usage(slot, rusage)))
         return events
 
     def idle(self) -> None:
         self._wakeup.remove()
 
     # -- internals ---------------------------------------------------------------------
+    def _budget(self, specs: Sequence[JobSpec]) -> None:
+        """Threads per point, once per sweep: this machine's CPUs over the points running at
+        once (a retry batch later keeps it)."""
+        if self.threads is None and specs:
+            from nrun_core import wrappers
+
+            self._concurrent = min(self.max_parallel, len(specs))
+            # torchrun starts nproc_per_node processes per point: they share the point's share
+            per_point = wrappers.layout(self.opts.launcher, nodes=1, gpus_per_node=self.opts.gpus_per_node or 0)
+            self.threads = threads.budget(threads.host_cores(), self._concurrent * max(1, per_point.nproc_per_node))
+            self._user_env = dict(specs[0].env)
+
     def _kill_everything(self, slot: Slot) -> None:
         pid = slot.handle
         tree = slot.extra.get("tree", []) + procs.snapshot(descendants(pid))
@@ -200,7 +227,7 @@ class LocalExecutor(QueuedExecutor):
 
     def _spawn(self, slot: Slot) -> int:
         spec, token = slot.spec, slot.token
-        where = placement.local(spec, sys.executable)
+        where = placement.local(spec, sys.executable, self.threads)
         env = {**where.env(spec, token=token), **placement.secret_values(spec.secret_env)}
         os.makedirs(spec.nrun_dir, exist_ok=True)
         out = os.open(spec.stdout, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -231,6 +258,7 @@ class LocalExecutor(QueuedExecutor):
                 # walks (and so never copies on write) the launcher's heap.
                 gc.freeze()
                 procs.set_comm(procs.comm_tag(token))
+                threads.apply_in_fork()  # torch read its variables in the launcher, long ago
                 # Fresh text streams: the parent's may hold locks taken by a thread at fork time.
                 sys.stdout = open(1, "w", buffering=1, closefd=False)
                 sys.stderr = open(2, "w", buffering=1, closefd=False)
@@ -256,6 +284,16 @@ class LocalExecutor(QueuedExecutor):
             finally:
                 os._exit(code)
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _usage(slot: Slot, rusage: Any) -> Optional[Dict[str, Any]]:
+    """What the kernel saw the point's process (and the children it waited for) use: kept for
+    a point killed before its runtime could say (a timeout, an OOM kill, a segfault)."""
+    if rusage is None:
+        return None
+    return {"wall_s": round(time.time() - slot.extra.get("t0", time.time()), 3),
+            "cpu_s": round(rusage.ru_utime + rusage.ru_stime, 3), "max_rss": rusage.ru_maxrss * 1024,
+            "source": "backend"}
 
 
 def _killpg(pid: int, sig: int) -> None:

@@ -15,6 +15,11 @@ from nrun_core.executors.slurm import state as slurm_state
 from nrun_core.executors.base import ENDED, QUEUED, RUNNING, BackendState, Control, LogSource
 
 
+def task_of(backend_id: str) -> str:
+    """The Slurm array task of a point's id: ``123_4:2`` (point 2 of a pack) -> ``123_4``."""
+    return backend_id.split(":")[0]
+
+
 class SlurmControl(Control):
     """Also what the live executor polls with (``squeue``, ``sacct``, ``scancel``), on its site."""
 
@@ -64,27 +69,89 @@ class SlurmControl(Control):
         return found
 
     def describe(self, points: Sequence[Dict[str, Any]]) -> Dict[int, Optional[BackendState]]:
+        """A packed point (``123_4:2``) is what its pack's record says while its array task runs
+        or once it ended; the task's own state otherwise."""
         ids = {p["idx"]: str(p["backend_id"]) for p in points if p.get("backend_id")}
-        found = self.states(list(ids.values()))
+        found = self.states(list(dict.fromkeys(task_of(i) for i in ids.values())))
         out: Dict[int, Optional[BackendState]] = {}
         for p in points:
-            st = found.get(ids.get(p["idx"], ""))
-            if st is None:
+            bid = ids.get(p["idx"], "")
+            st = found.get(task_of(bid))
+            rec = self._pack_record(p) if bid and bid != task_of(bid) and st is not None else None
+            if rec is not None and "ended" in rec:
+                out[p["idx"]] = BackendState(ENDED, exit_code=rec.get("exit_code"), detail=rec.get("reason", ""))
+            elif st is None:
                 out[p["idx"]] = None if not found else BackendState(ENDED, detail="unknown to Slurm")
             elif st.live:
-                out[p["idx"]] = BackendState(RUNNING if st.state == "RUNNING" else QUEUED, detail=st.state)
+                running = st.state == "RUNNING" and (rec is not None and bool(rec.get("started"))
+                                                     or bid == task_of(bid))
+                out[p["idx"]] = BackendState(RUNNING if running else QUEUED, detail=st.state)
             else:
                 out[p["idx"]] = BackendState(ENDED, exit_code=st.exit_code, detail=st.state)
         return out
 
     def cancel(self, points: Sequence[Dict[str, Any]]) -> List[int]:
-        ids = [str(p["backend_id"]) for p in points if p.get("backend_id")]
-        if not ids:
+        """scancel array tasks; a packed point whose pack has other live points not being
+        cancelled gets its cancel marker instead (its pack runner stops just that point)."""
+        sent = [p for p in points if p.get("backend_id")]
+        if not sent:
             return []
-        out = self.scancel(ids)
-        if out.returncode != 0:
-            raise BackendError(f"scancel {' '.join(ids)} failed: {(out.stderr or out.stdout).strip()}")
-        return [p["idx"] for p in points if p.get("backend_id")]
+        chosen = {p["idx"] for p in sent}
+        packed = [p for p in sent if ":" in str(p["backend_id"])]
+        keep_running = set()
+        if packed:
+            from nrun_core.store import TERMINAL
+
+            for q in self._sweep_points():
+                bid = str(q.get("backend_id") or "")
+                if ":" in bid and q["idx"] not in chosen and q.get("state") not in TERMINAL:
+                    keep_running.add(task_of(bid))
+        ids: List[str] = []
+        for p in sent:
+            task = task_of(str(p["backend_id"]))
+            if task in keep_running:
+                self._mark_cancel(p)
+            elif task not in ids:
+                ids.append(task)
+        if ids:
+            out = self.scancel(ids)
+            if out.returncode != 0:
+                raise BackendError(f"scancel {' '.join(ids)} failed: {(out.stderr or out.stdout).strip()}")
+        return [p["idx"] for p in sent]
+
+    def _sweep_points(self) -> List[Dict[str, Any]]:
+        from nrun_core.store import Store
+
+        store = Store(create=False)
+        try:
+            return store.points(self.sweep["id"])
+        finally:
+            store.close(timeout=5.0)
+
+    def _nrun_path(self, point: Dict[str, Any], name: str) -> str:
+        """A file of the point's nrun dir where the cluster has it (the login node over SSH)."""
+        job_dir = os.path.dirname(point.get("stdout") or "")
+        local = os.path.join(job_dir, ".nrun", self.sweep["id"], name)
+        if not self.site.remote or not self.sweep.get("sweep_dir"):
+            return local
+        rel = os.path.relpath(local, self.sweep["sweep_dir"])
+        return posixpath.join(self.site.root(), "sweeps", self.sweep["id"], rel)
+
+    def _pack_record(self, point: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        import json
+
+        from nrun_core.runtime.pack import STATUS_FILE
+
+        data = self.site.transport.read(self._nrun_path(point, STATUS_FILE), 0, 1 << 16)
+        try:
+            return json.loads(data) if data else None
+        except ValueError:
+            return None
+
+    def _mark_cancel(self, point: Dict[str, Any]) -> None:
+        from nrun_core.runtime.pack import CANCEL_FILE
+
+        self.site.touch(self._nrun_path(point, CANCEL_FILE))
 
     def logs(self, point: Dict[str, Any], stream: str) -> LogSource:
         """Over SSH, the log on the login node itself (live, even while nobody copies it back)."""

@@ -107,7 +107,9 @@ def _sweep_ids(dep: Dependency, store: Any) -> List[str]:
         bid = str(p["backend_id"] or "")
         if not bid:
             continue
-        job = bid if point else bid.split("_")[0]
+        # A point waits on its own array task (a packed point: its whole pack, ``123_4:2`` -> 123_4);
+        # a sweep on every array it was submitted as.
+        job = bid.split(":")[0] if point else bid.split("_")[0].split(":")[0]
         if job not in ids:
             ids.append(job)
     return ids

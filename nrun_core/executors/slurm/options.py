@@ -18,7 +18,7 @@ MODES = ("auto", "inprocess", "command")
 EXCLUSIVE = ("user", "mcs", "topo")
 # sbatch options nrun sets itself; each has its own setting.
 MANAGED = {
-    "array": "one array task per point: nrun builds --array itself (throttle: array_parallelism)",
+    "array": "nrun builds --array itself (throttle: array_parallelism; points per task: points_per_task)",
     "output": "point logs go to the point's job dir; submitit's own logs to submitit_folder",
     "error": "point logs go to the point's job dir; submitit's own logs to submitit_folder",
     "open-mode": "nrun appends to the logs so a requeued point keeps its first attempt's output",
@@ -58,10 +58,15 @@ def check(conf: Any) -> None:
     exclusive = conf.exclusive
     if exclusive not in (None, True, False) and exclusive not in EXCLUSIVE:
         raise ConfigError(f"hydra.launcher.exclusive={exclusive!r}: use true, or one of {EXCLUSIVE}")
-    for key in ("ntasks_per_node", "array_parallelism", "cpus_per_task"):
+    for key in ("ntasks_per_node", "array_parallelism", "cpus_per_task", "points_per_task"):
         value = getattr(conf, key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ConfigError(f"hydra.launcher.{key}={value!r}: must be an integer >= 1")
+    mas = conf.max_array_size
+    if mas is not None and (not isinstance(mas, int) or isinstance(mas, bool) or mas < 2):
+        raise ConfigError(f"hydra.launcher.max_array_size={mas!r}: must be an integer >= 2 (Slurm's "
+                          "MaxArraySize: array indices go up to MaxArraySize-1), or null to read it from "
+                          "the cluster")
     ap, mp = conf.array_parallelism, conf.max_parallel
     if ap is not None and mp is not None and ap != mp:
         raise ConfigError(f"hydra.launcher.array_parallelism={ap} and max_parallel={mp} say the same "
@@ -181,13 +186,23 @@ def time_text(conf: Any) -> str:
     return "the partition's default (hydra.launcher.time and timeout_s unset)"
 
 
+def pack_minutes(conf: Any, points_per_task: int) -> Optional[int]:
+    """The time limit of an array task that runs ``points_per_task`` points one after the other:
+    the per-point limit times the points (from timeout_s: their sum, plus a minute)."""
+    if points_per_task <= 1:
+        return time_minutes(conf.time, conf.timeout_s)
+    if conf.time is None:
+        return math.ceil(points_per_task * conf.timeout_s / 60) + 1 if conf.timeout_s else None
+    return (time_minutes(conf.time, conf.timeout_s) or 0) * points_per_task
+
+
 def parameters(conf: Any, *, job_name: str, dependency: Optional[str],
-               auto_mounts: Sequence[str]) -> Dict[str, Any]:
+               auto_mounts: Sequence[str], points_per_task: int = 1) -> Dict[str, Any]:
     """Keyword arguments of submitit's ``SlurmExecutor.update_parameters`` (its own names)."""
     srun = use_srun(conf)
     params: Dict[str, Any] = {
         "job_name": conf.job_name or job_name,
-        "time": time_minutes(conf.time, conf.timeout_s),
+        "time": pack_minutes(conf, points_per_task),
         "nodes": conf.nodes,
         "ntasks_per_node": conf.ntasks_per_node or 1,
         "signal_delay_s": conf.signal_delay_s,

@@ -30,6 +30,10 @@ class Site(Protocol):
 
     def collect(self, spec: JobSpec, final: bool) -> None: ...
 
+    def nrun_file(self, spec: JobSpec, name: str) -> str: ...
+
+    def touch(self, path: str) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -68,6 +72,16 @@ class LocalSite:
 
     def collect(self, spec: JobSpec, final: bool) -> None:
         """Results and logs are already where the launcher reads them."""
+
+    def nrun_file(self, spec: JobSpec, name: str) -> str:
+        """A file of the point's nrun dir as the cluster sees it (pack record, cancel marker)."""
+        return str(spec.nrun_dir / name)
+
+    def touch(self, path: str) -> None:
+        import os
+
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        open(path, "a").close()
 
     def close(self) -> None:
         pass

@@ -146,6 +146,16 @@ class SshSite:
         for name in names:
             self._append(posixpath.join(remote.job_dir, name), os.path.join(spec.job_dir, name))
 
+    def nrun_file(self, spec: JobSpec, name: str) -> str:
+        """A file of the point's nrun dir on the login node (pack record, cancel marker)."""
+        remote = self._remote.get((spec.sweep_id, spec.index), spec)
+        return str(remote.nrun_dir / name)
+
+    def touch(self, path: str) -> None:
+        self.transport.makedirs(posixpath.dirname(path))
+        with self.transport.sftp().open(path, "a"):
+            pass
+
     def _append(self, remote: str, local: str) -> None:
         offset = self._offsets.get(local, 0)
         data = self.transport.read(remote, offset, 1 << 62)

@@ -29,10 +29,22 @@ class RecordSweeper(BasicSweeper):
             for r in returns:
                 ok = r.status.name == "COMPLETED"
                 seen.append({"overrides": list(r.overrides), "status": r.status.name,
-                             "value": r.return_value if ok else str(r._return_value).splitlines()[0]})
+                             "value": r.return_value if ok else str(r._return_value).splitlines()[0],
+                             **(_configs(r) if os.environ.get("RECORD_CONFIGS") else {})})
             with open(os.environ["RECORD_FILE"], "w") as f:
                 json.dump(seen, f)
             return returns
 
         self.launcher.launch = recording_launch
         return super().sweep(arguments)
+
+
+def _configs(r):
+    """What a sweeper can read of a JobReturn besides its value (RECORD_CONFIGS=1)."""
+    from omegaconf import OmegaConf
+
+    job = r.hydra_cfg.hydra.job
+    return {"cfg": OmegaConf.to_container(r.cfg), "working_dir": r.working_dir, "task_name": r.task_name,
+            "job": {"num": job.num, "name": job.name, "override_dirname": job.override_dirname},
+            "output_dir": r.hydra_cfg.hydra.runtime.output_dir,
+            "task_overrides": list(r.hydra_cfg.hydra.overrides.task)}
