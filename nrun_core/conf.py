@@ -203,3 +203,38 @@ class DockerConf(NrunConf):
     labels: Dict[str, str] = field(default_factory=dict)
     # Engine address; null = $DOCKER_HOST, else the local default socket.
     docker_host: Optional[str] = None
+
+
+@dataclass
+class SshConf(NrunConf):
+    """`hydra/launcher=nrun_ssh`: a list of SSH hosts as a cluster, no scheduler needed.
+
+    Hosts are strings (``[user@]address[:port]``) or mappings with name, address, port, user,
+    key_file, slots, gpus, python, remote_dir, env; or a hosts file (YAML, ``hosts: [...]``).
+    """
+
+    # The hosts; empty = hosts_file, else $NRUN_SSH_HOSTS_FILE (`nrun sandbox ssh env` exports it).
+    hosts: List[Any] = field(default_factory=list)
+    hosts_file: Optional[str] = None
+    # Host keys are checked strictly against this file (null = $NRUN_SSH_KNOWN_HOSTS, else
+    # ~/.ssh/known_hosts); an unknown or changed key stops the sweep. Nothing is ever added.
+    known_hosts: Optional[str] = None
+    # Where nrun keeps code and its helpers on each host (relative = the remote home).
+    remote_dir: str = ".nrun/ssh"
+    # Python on the hosts (with hydra-core and the task's packages); a host's own `python` wins.
+    python: str = "python3"
+    # Shell lines run on the host before each point (e.g. "source ~/venv/bin/activate");
+    # shell by design: nrun does not quote them.
+    setup: List[str] = field(default_factory=list)
+    # Keep each point's job dir on hosts that do not share the launcher's filesystem (after its
+    # files came back); false removes it.
+    keep_remote: bool = False
+    connect_timeout_s: float = 15.0
+    # A host that stops answering this long: its running points end as lost.
+    host_lost_s: float = 30.0
+    # Run each node in `docker run` on its host: image (null = no container), docker (the CLI on
+    # the host), python (in the image), gpus ("all" or N; null = gpus_per_node), shm_size, ipc,
+    # mounts ("SRC:DST[:ro]"), options (more `docker run` words). Host network.
+    container: Dict[str, Any] = field(default_factory=lambda: {
+        "image": None, "docker": "docker", "python": "python3", "gpus": None, "shm_size": None,
+        "ipc": None, "mounts": [], "options": []})

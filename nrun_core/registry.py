@@ -48,6 +48,9 @@ BUILTIN = (
     # Containers cannot see this tree: ship the code.
     ExecutorEntry("nrun_docker", "nrun_core.conf:DockerConf", "nrun_core.executors.docker.executor:DockerExecutor",
                   default_packager="workdir", name="docker"),
+    # Hosts see nothing of this machine: ship the code.
+    ExecutorEntry("nrun_ssh", "nrun_core.conf:SshConf", "nrun_core.executors.ssh.executor:SshExecutor",
+                  default_packager="workdir", name="ssh"),
 )
 
 _plugins: Optional[Dict[str, ExecutorEntry]] = None

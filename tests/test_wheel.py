@@ -23,6 +23,9 @@ def test_wheel_install_runs_example_sweep(tmp_path):
     names = subprocess.run([sys.executable, "-m", "zipfile", "-l", str(wheel)], capture_output=True,
                            text=True, check=True).stdout
     assert "nrun_conf/nrun/launcher/torchrun.yaml" in names and "hydra_plugins/nrun_launcher/" in names
+    for init in sorted((ROOT / "nrun_core").rglob("__init__.py")):  # every subpackage is in the wheel
+        package = init.parent.relative_to(ROOT).as_posix()
+        assert f"{package}/__init__.py" in names, f"{package} is missing from [tool.setuptools] packages"
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"

@@ -74,6 +74,11 @@ class QueuedExecutor(Executor):
     def idle(self) -> None:
         """Nothing is queued or running any more (release what waiting needed)."""
 
+    def can_launch(self, spec: JobSpec) -> bool:
+        """Has the backend room for this point now (beyond ``max_parallel``)? SSH hosts: free
+        slots on enough hosts. False keeps it queued, in order."""
+        return True
+
     # -- the contract ----------------------------------------------------------------------
     def start(self, specs: Sequence[JobSpec]) -> None:
         self._queue.extend(specs)
@@ -112,7 +117,7 @@ class QueuedExecutor(Executor):
         events: List[Event] = [Ended(idx=i, reason="cancelled", detail="cancelled before it started")
                                for i in self._cancelled_queued]
         self._cancelled_queued = []
-        while self._queue and len(self._live) < self.max_parallel:
+        while self._queue and len(self._live) < self.max_parallel and self.can_launch(self._queue[0]):
             spec = self._queue.popleft()
             self._attempts[spec.index] += 1
             slot = self._live[spec.index] = Slot(spec=spec, attempt=self._attempts[spec.index])

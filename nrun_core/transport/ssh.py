@@ -33,6 +33,10 @@ class SshTransport:
         self._client: Any = None
         self._sftp: Any = None
         self._pid: Optional[int] = None
+        import threading
+
+        self._lock = threading.RLock()  # executors call from several threads
+        self._sftp_lock = threading.RLock()
 
     @classmethod
     def from_conf(cls, conf: Any, setting: str = "hydra.launcher.ssh") -> "SshTransport":
@@ -47,6 +51,10 @@ class SshTransport:
 
     # -- connection -------------------------------------------------------------------
     def connect(self) -> Any:
+        with self._lock:
+            return self._connect()
+
+    def _connect(self) -> Any:
         if self._client is not None and self._pid == os.getpid():
             transport = self._client.get_transport()
             if transport is not None and transport.is_active():
@@ -86,10 +94,11 @@ class SshTransport:
         return client
 
     def sftp(self) -> Any:
-        self.connect()
-        if self._sftp is None:
-            self._sftp = self._client.open_sftp()
-        return self._sftp
+        with self._lock:
+            self.connect()
+            if self._sftp is None:
+                self._sftp = self._client.open_sftp()
+            return self._sftp
 
     def close(self) -> None:
         if self._client is not None and self._pid == os.getpid():
@@ -114,18 +123,22 @@ class SshTransport:
         err = stderr.read().decode(errors="replace")
         return subprocess.CompletedProcess(list(argv), stdout.channel.recv_exit_status(), out, err)
 
+    # SFTP calls hold one lock per connection: paramiko's SFTP client is not safe for requests
+    # from several threads at once (one thread can read another's reply and both then wait).
     def put(self, local: str, remote: str) -> None:
         """Atomically: a partial upload never has the final name."""
-        sftp = self.sftp()
         self.makedirs(posixpath.dirname(remote))
-        tmp = f"{remote}.{os.getpid()}.part"
-        sftp.put(local, tmp)
-        sftp.posix_rename(tmp, remote)
+        with self._sftp_lock:
+            sftp = self.sftp()
+            tmp = f"{remote}.{os.getpid()}.part"
+            sftp.put(local, tmp)
+            sftp.posix_rename(tmp, remote)
 
     def get(self, remote: str, local: str) -> bool:
-        tmp = f"{local}.part"
+        tmp = f"{local}.{os.getpid()}.part"
         try:
-            self.sftp().get(remote, tmp)
+            with self._sftp_lock:
+                self.sftp().get(remote, tmp)
         except OSError:
             return False
         os.replace(tmp, local)
@@ -133,11 +146,28 @@ class SshTransport:
 
     def read(self, path: str, offset: int, size: int) -> bytes:
         try:
-            with self.sftp().open(path, "rb") as f:
+            with self._sftp_lock, self.sftp().open(path, "rb") as f:
                 f.seek(offset)
                 return f.read(size)
         except OSError:
             return b""
+
+    def stat(self, path: str) -> Any:
+        """The remote file's attributes (st_size, st_mode, ...), or None if it does not exist;
+        other errors raise."""
+        try:
+            with self._sftp_lock:
+                return self.sftp().stat(path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if getattr(exc, "errno", None) == 2:
+                return None
+            raise
+
+    def listdir_attr(self, path: str) -> list:
+        with self._sftp_lock:
+            return self.sftp().listdir_attr(path)
 
     def makedirs(self, path: str) -> None:
         out = self.run(["mkdir", "-p", path])
@@ -145,4 +175,5 @@ class SshTransport:
             raise BackendError(f"mkdir -p {path} on {self.host} failed: {(out.stderr or out.stdout).strip()}")
 
     def realpath(self, path: str) -> str:
-        return self.sftp().normalize(path)
+        with self._sftp_lock:
+            return self.sftp().normalize(path)

@@ -23,6 +23,7 @@ import yaml
 
 from conftest import APPS, PYTHON, nrun, states, status_json, wait_for, make_project
 from docker_fixtures import docker_sandbox  # noqa: F401  (requested by backend())
+from ssh_fixtures import ssh_sandbox  # noqa: F401  (requested by backend())
 from require import missing
 
 SANDBOX_LABEL = '++hydra.launcher.labels={nrun.sandbox:"1"}'
@@ -50,6 +51,7 @@ BACKENDS = [
     Backend("slurm-inprocess", "nrun_slurm", ("hydra.launcher.mode=inprocess",), sandbox="slurm"),
     Backend("slurm-command", "nrun_slurm", ("hydra.launcher.mode=command",), sandbox="slurm"),
     Backend("docker", "nrun_docker", (), sandbox="docker", same_python=False),
+    Backend("ssh", "nrun_ssh", (), sandbox="ssh", same_python=False),
     Backend("plugin-nice-spawn", "nice_spawn", ("hydra.launcher.niceness=5",)),
 ]
 
@@ -61,6 +63,8 @@ def backend(request, monkeypatch) -> Backend:
         env = request.getfixturevalue("slurm_cluster")
     elif b.sandbox == "docker":
         env = request.getfixturevalue("docker_sandbox")
+    elif b.sandbox == "ssh":
+        env = request.getfixturevalue("ssh_sandbox")
     else:
         env = {}
     if b.option == "nice_spawn":
@@ -226,7 +230,11 @@ def test_original_cwd_is_where_the_code_runs(backend, proj, home):
     """get_original_cwd(): the launch dir when the point runs from the tree itself; the directory
     its code runs from where the code was moved (a container's /nrun/code)."""
     ok(launch(backend, proj, "x=1", "action=orig_cwd", "hydra.job.chdir=True"))
-    assert values()[0] == repr("/nrun/code" if backend.sandbox == "docker" else str(proj))
+    if backend.sandbox == "ssh":  # the code unpacked on the host, content-addressed
+        digest = status_json()["sweep"]["artifact"]["digest"]
+        assert values()[0] == repr(f"/tmp/nrun/code/{digest}")
+    else:
+        assert values()[0] == repr("/nrun/code" if backend.sandbox == "docker" else str(proj))
 
 
 def test_detached_sweep_is_followed_from_another_shell(backend, proj, home):
@@ -294,6 +302,11 @@ def _backend_is_empty(b: Backend, status: dict) -> bool:
             return not client.containers.list(all=True, filters={"label": f"nrun.sweep={sweep}"})
         finally:
             client.close()
+    if b.sandbox == "ssh":  # looked for inside each host's own PID namespace
+        from ssh_fixtures import sandbox_hosts, sweep_processes
+
+        env = dict(os.environ)
+        return not any(sweep_processes(env, h, sweep) for h in sandbox_hosts(env))
     from nrun_core import procs
 
     return not any(p["pid"] and procs.alive(p["pid"], p["pid_start"]) for p in status["points"])
