@@ -229,6 +229,10 @@ def up(hosts: list[Host], *, sshd: str, authorized_keys: Path, client_key: Path)
     binds = _binds_under_tmp()
     for host in hosts:
         write(host.config, sshd_config(host.address, PORT, host.host_key, authorized_keys, "none"), 0o600)
+        if running(host) is not None and not set(binds) <= set(_binds_of(host)):
+            # started by another nrun (another venv under /tmp): it cannot see this Python
+            logger.info("restarting %s: it must also see %s", host.name, ", ".join(sorted(set(binds) - set(_binds_of(host)))))
+            stop(host)
         if running(host) is None:
             _start(host, sshd, binds)
 
@@ -265,6 +269,7 @@ def _start(host: Host, sshd: str, binds: list[str]) -> None:
     check = _run([sshd, "-t", "-f", str(host.config)])
     if check is not None:
         raise SandboxError(f"sshd rejects {host.config}: {check}")
+    write(host.dir / "binds.json", json.dumps(binds), 0o600)
     argv = ["unshare", "--uts", "--mount", "--pid", "--fork", "--mount-proc", "--kill-child",
             "/bin/sh", "-c", SETUP, "nrun-host-setup", host.name, str(etc_hosts()), str(host.tmp),
             sshd, str(host.config), *binds]
@@ -278,6 +283,14 @@ def _start(host: Host, sshd: str, binds: list[str]) -> None:
         stop(host)
         raise SandboxError(f"SSH sandbox host {host.name} did not start on {host.address}:{PORT}; "
                            f"read {host.log}:\n{_proc.tail(host.log)}")
+
+
+def _binds_of(host: Host) -> list[str]:
+    """The paths under /tmp a running host was started to see (its binds.json)."""
+    try:
+        return list(json.loads((host.dir / "binds.json").read_text()))
+    except (OSError, ValueError):
+        return []
 
 
 def _run(argv: list[str]) -> str | None:
