@@ -229,9 +229,11 @@ def up(hosts: list[Host], *, sshd: str, authorized_keys: Path, client_key: Path)
     binds = _binds_under_tmp()
     for host in hosts:
         write(host.config, sshd_config(host.address, PORT, host.host_key, authorized_keys, "none"), 0o600)
-        if running(host) is not None and not set(binds) <= set(_binds_of(host)):
-            # started by another nrun (another venv under /tmp): it cannot see this Python
-            logger.info("restarting %s: it must also see %s", host.name, ", ".join(sorted(set(binds) - set(_binds_of(host)))))
+        unseen = _unseen(host, binds)
+        if running(host) is not None and unseen:
+            # started by another nrun (a venv under /tmp, or one since re-created): it cannot see
+            # this Python
+            logger.info("restarting %s: it must also see %s", host.name, ", ".join(unseen))
             stop(host)
         if running(host) is None:
             _start(host, sshd, binds)
@@ -269,7 +271,7 @@ def _start(host: Host, sshd: str, binds: list[str]) -> None:
     check = _run([sshd, "-t", "-f", str(host.config)])
     if check is not None:
         raise SandboxError(f"sshd rejects {host.config}: {check}")
-    write(host.dir / "binds.json", json.dumps(binds), 0o600)
+    write(host.dir / "binds.json", json.dumps({b: _identity(b) for b in binds}), 0o600)
     argv = ["unshare", "--uts", "--mount", "--pid", "--fork", "--mount-proc", "--kill-child",
             "/bin/sh", "-c", SETUP, "nrun-host-setup", host.name, str(etc_hosts()), str(host.tmp),
             sshd, str(host.config), *binds]
@@ -285,12 +287,24 @@ def _start(host: Host, sshd: str, binds: list[str]) -> None:
                            f"read {host.log}:\n{_proc.tail(host.log)}")
 
 
-def _binds_of(host: Host) -> list[str]:
-    """The paths under /tmp a running host was started to see (its binds.json)."""
+def _identity(path: str) -> str:
+    """Which directory a path is (a bind mount keeps the directory it was made of, not the name)."""
     try:
-        return list(json.loads((host.dir / "binds.json").read_text()))
+        st = os.stat(path)
+    except OSError:
+        return ""
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+def _unseen(host: Host, binds: list[str]) -> list[str]:
+    """Paths under /tmp this nrun needs that the running host was not started to see."""
+    try:
+        seen = json.loads((host.dir / "binds.json").read_text())
     except (OSError, ValueError):
-        return []
+        seen = {}
+    if not isinstance(seen, dict):
+        seen = {}
+    return [b for b in binds if seen.get(b) != _identity(b)]
 
 
 def _run(argv: list[str]) -> str | None:
