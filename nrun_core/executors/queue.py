@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import os
+import queue
 import time
 from abc import abstractmethod
 from dataclasses import dataclass, field
@@ -20,6 +21,20 @@ from nrun_core.executors.base import Ended, Event, Executor, Started
 from nrun_core.spec import JobSpec
 
 GRACE_S = 5.0
+
+
+def drain(msgs: "queue.Queue[Any]", timeout: float) -> List[Any]:
+    """What backend threads reported: wait at most ``timeout`` for the first message, then take
+    every one already there (executors whose threads talk to the engine or hosts)."""
+    try:
+        out = [msgs.get(timeout=timeout)]
+    except queue.Empty:
+        return []
+    while True:
+        try:
+            out.append(msgs.get_nowait())
+        except queue.Empty:
+            return out
 
 
 def default_parallelism() -> int:

@@ -51,7 +51,7 @@ from nrun_core.executors.docker import spec as ds
 from nrun_core.executors import runtime_copy
 from nrun_core.executors.base import Ended, Event, Request, Started
 from nrun_core.executors.docker.control import DockerControl
-from nrun_core.executors.queue import GRACE_S, QueuedExecutor, Slot
+from nrun_core.executors.queue import GRACE_S, QueuedExecutor, Slot, drain
 from nrun_core.paths import nrun_home
 from nrun_core.placement import secret_values
 from nrun_core.spec import JobSpec
@@ -165,19 +165,7 @@ class DockerExecutor(QueuedExecutor):
                 self._pool.submit(_quietly, self._engine.kill, cid, "SIGKILL" if kill else "SIGTERM")
 
     def wait(self, timeout: float) -> List[Event]:
-        try:
-            msgs = [self._msgs.get(timeout=timeout)]
-        except queue.Empty:
-            return []
-        while True:
-            try:
-                msgs.append(self._msgs.get_nowait())
-            except queue.Empty:
-                break
-        events: List[Event] = []
-        for msg in msgs:
-            events += self._handle(msg)
-        return events
+        return [ev for msg in drain(self._msgs, timeout) for ev in self._handle(msg)]
 
     # -- starting ------------------------------------------------------------------------
     def _ensure_engine(self) -> None:

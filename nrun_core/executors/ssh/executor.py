@@ -43,7 +43,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from nrun_core import threads, wrappers
 from nrun_core.errors import BackendError, ConfigError, NrunError
 from nrun_core.executors.base import Ended, Event, Request, Started
-from nrun_core.executors.queue import QueuedExecutor, Slot
+from nrun_core.executors.queue import QueuedExecutor, Slot, drain
 from nrun_core.executors.ssh import hosts as hostlib
 from nrun_core.executors.ssh.control import SshControl, status_dir
 from nrun_core.placement import Placement, secret_values
@@ -229,19 +229,7 @@ class SshExecutor(QueuedExecutor):
                 self._pool.submit(self._signal_node, p, n, "KILL" if kill else "TERM")
 
     def wait(self, timeout: float) -> List[Event]:
-        try:
-            msgs = [self._msgs.get(timeout=timeout)]
-        except queue.Empty:
-            return []
-        while True:
-            try:
-                msgs.append(self._msgs.get_nowait())
-            except queue.Empty:
-                break
-        events: List[Event] = []
-        for msg in msgs:
-            events += self._handle(msg)
-        return events
+        return [ev for msg in drain(self._msgs, timeout) for ev in self._handle(msg)]
 
     # -- hosts -----------------------------------------------------------------------------
     def _site(self, name: str) -> Any:

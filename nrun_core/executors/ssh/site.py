@@ -132,12 +132,6 @@ class HostSite:
         except (ValueError, IndexError):
             self.cores = None
 
-    def put(self, local: str, remote: str) -> None:
-        self.transport.put(local, remote)
-
-    def makedirs(self, path: str) -> None:
-        self.transport.makedirs(path)
-
     # -- points ----------------------------------------------------------------------------
     def helper(self, command: str, job: Dict[str, Any], timeout: float = 60.0) -> Dict[str, Any]:
         out = self.transport.run([self.python, posixpath.join(self.lib(), "nrun_host.py"), command],
