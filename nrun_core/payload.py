@@ -1,9 +1,11 @@
 """The payload of a point: everything the point runtime needs to run it without composing again.
 
 Written by the launcher into the point's own nrun dir (``<job dir>/.nrun/<sweep id>/point.json``),
-read by ``nrun_core/runtime/point.py`` wherever the point lands. JSON around one pickle: the
+read by ``nrun_core/runtime/point.py`` wherever the point lands. JSON around pickles of the
 composed config, pickled so that it stays exactly what Hydra composed (structured-config types,
-enums, flags, the resolver cache that keeps ``${now:...}`` equal across points).
+enums, flags, the resolver cache that keeps ``${now:...}`` equal across points). Each payload is
+whole on its own (no file shared between points to ship), but Hydra's node is pickled once per
+sweep and each point carries only what differs from it (``Pickler``).
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import base64
 import json
 import os
 import pickle
-from typing import Any, Dict, Optional, Set
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional, Set
 
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, Node, OmegaConf, open_dict, read_write
 
 from nrun_core.runtime.point import FORMAT
 
@@ -37,24 +40,69 @@ def portable(cfg: DictConfig) -> DictConfig:
 
 
 class Pickler:
-    """Pickles the points' configs of one sweep with their plugin nodes plain.
+    """Pickles the points' configs of one sweep: Hydra's node once, each point's own part apart.
 
-    The plugin nodes are the same in every point of a sweep (the launcher is set up once), so
-    their plain form is built once and swapped into each config only while it is pickled: no
-    per-point conversion (which costs ~10 ms a point for nrun_slurm's many options) and the
-    launcher's own configs stay as composed. Any surprise falls back to ``portable``.
+    Hydra's node (~170 nodes, ~16 KB pickled with nrun_slurm's options) is nearly the same in
+    every point of a sweep; pickling it per point was most of the launcher's CPU on a 10,000-point
+    sweep. So the first point's node is pickled once (the *base*); every point then pickles its
+    app part (every key but ``hydra``) and the few subtrees of its Hydra node that differ from
+    the base (job.num, job.id, overrides.task, ...), found by a walk that compares nodes without
+    pickling them. The point runtime puts the base and the patches back together
+    (``runtime.point.load_config``). A point whose Hydra node differs at the top, in many places
+    or in anything the walk does not know is pickled whole, as before.
+
+    The plugin nodes (nrun's launcher schema, a sweeper plugin) are the same in every point
+    too; their plain form is built once and swapped in only while a config is pickled.
     """
+
+    MAX_PATCHES = 32
 
     def __init__(self) -> None:
         self._plain: Optional[Dict[str, DictConfig]] = None
+        self._base: Optional[Any] = None     # a frozen copy of the base's Hydra node, to compare
+        self._base_pickle: str = ""          # the base as the points' payloads carry it
+
+    def config(self, cfg: DictConfig) -> Dict[str, Any]:
+        """The payload's ``config`` entry for this point."""
+        try:
+            with self._plain_plugins(cfg):
+                return self._split(cfg) or {"pickle": _b64(pickle.dumps(cfg, protocol=4))}
+        except Exception:
+            return {"pickle": _b64(pickle.dumps(portable(cfg), protocol=4))}
 
     def dumps(self, cfg: DictConfig) -> bytes:
+        """The whole config as one pickle (what ``config`` falls back to)."""
         try:
-            return self._swapped(cfg)
+            with self._plain_plugins(cfg):
+                return pickle.dumps(cfg, protocol=4)
         except Exception:
             return pickle.dumps(portable(cfg), protocol=4)
 
-    def _swapped(self, cfg: DictConfig) -> bytes:
+    def _split(self, cfg: DictConfig) -> Optional[Dict[str, Any]]:
+        root = cfg.__dict__
+        content = root["_content"]
+        hydra = content.get("hydra") if type(content) is dict else None
+        if not isinstance(hydra, DictConfig):
+            return None
+        if self._base is None:
+            from nrun_core.compose import clone
+
+            self._base = clone(hydra)
+            self._base_pickle = _b64(_detached_pickle(hydra))
+        patches: List[List[Any]] = []
+        if not _diff(self._base, hydra, [], patches) or len(patches) > self.MAX_PATCHES:
+            return None
+        patch = [[path, _b64(_detached_pickle(_at(hydra, path)))] for path in patches]
+        at = list(content).index("hydra")
+        root["_content"] = {k: v for k, v in content.items() if k != "hydra"}
+        try:
+            app = pickle.dumps(cfg, protocol=4)
+        finally:
+            root["_content"] = content
+        return {"pickle": _b64(app), "hydra": {"base": self._base_pickle, "at": at, "patch": patch}}
+
+    @contextmanager
+    def _plain_plugins(self, cfg: DictConfig) -> Iterator[None]:
         hydra = cfg.hydra
         if self._plain is None:
             self._plain = {}
@@ -69,9 +117,83 @@ class Pickler:
                 plain._set_parent(hydra)
                 plain._set_key(key)
                 content[key] = plain
-            return pickle.dumps(cfg, protocol=4)
+            yield
         finally:
             content.update(saved)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _detached_pickle(node: Any) -> bytes:
+    """A subtree pickled without its parent (which pickle would otherwise follow up the tree)."""
+    d = node.__dict__
+    parent = d["_parent"]
+    d["_parent"] = None
+    try:
+        return pickle.dumps(node, protocol=4)
+    finally:
+        d["_parent"] = parent
+
+
+def _at(node: Any, path: List[Any]) -> Any:
+    for key in path:
+        node = node.__dict__["_content"][key]
+    return node
+
+
+_SAME_NODE_KEYS = frozenset({"_content", "_val", "_metadata", "_parent", "_flags_cache"})
+
+
+def _diff(a: Any, b: Any, path: List[Any], out: List[List[Any]]) -> bool:
+    """Append to ``out`` the paths of the subtrees of ``b`` that differ from ``a``; False when
+    they differ at ``path`` itself and ``path`` is the top (no patch can say it)."""
+    da, db = a.__dict__, b.__dict__
+    same = type(a) is type(b) and da["_metadata"].__dict__ == db["_metadata"].__dict__
+    if same and da.keys() != db.keys():
+        same = False
+    if same:
+        for k in da.keys() - _SAME_NODE_KEYS:  # an EnumNode's type and members, a plugin's own
+            if da[k] != db[k]:
+                same = False
+                break
+    if same:
+        ca, cb = da.get("_content", _NONE), db.get("_content", _NONE)
+        if ca is _NONE:  # a value node
+            va, vb = da.get("_val"), db.get("_val")
+            same = va is vb or (type(va) is type(vb) and va == vb)
+        elif type(ca) is dict and type(cb) is dict:
+            if list(ca) != list(cb):
+                same = False
+            else:
+                for k, va in ca.items():
+                    if not isinstance(k, (str, int)) or isinstance(k, bool):
+                        return False  # a key JSON cannot carry: pickle the point whole
+                    if not _diff(va, cb[k], path + [k], out):
+                        return False
+                return True
+        elif type(ca) is list and type(cb) is list:
+            if len(ca) != len(cb):
+                same = False
+            else:
+                for i, va in enumerate(ca):
+                    if not _diff(va, cb[i], path + [i], out):
+                        return False
+                return True
+        elif isinstance(ca, Node) or isinstance(cb, Node):
+            same = False  # a union node's value: replace the node whole
+        else:  # None, "???" or an interpolation string
+            same = type(ca) is type(cb) and ca == cb
+    if same:
+        return True
+    if not path:
+        return False
+    out.append(path)
+    return True
+
+
+_NONE = object()
 
 
 def redact_secrets(cfg: DictConfig, secret: Set[str]) -> DictConfig:
@@ -94,7 +216,8 @@ def redact_secrets(cfg: DictConfig, secret: Set[str]) -> DictConfig:
 
 def build(spec: JobSpec, cfg: DictConfig, task: Dict[str, Any], *, code_root: str,
           version_base: Optional[str], task_name: str, pickler: Optional[Pickler] = None) -> Dict[str, Any]:
-    config = (pickler or Pickler()).dumps(cfg)
+    config = (pickler or Pickler()).config(cfg)
+    config["omegaconf"] = _OMEGACONF
     return {
         "format": FORMAT,
         "identity": spec.identity,
@@ -105,7 +228,7 @@ def build(spec: JobSpec, cfg: DictConfig, task: Dict[str, Any], *, code_root: st
         "launch_cwd": os.getcwd(),
         "job_dir": spec.job_dir,
         "result_file": spec.result_file,
-        "config": {"pickle": base64.b64encode(config).decode(), "omegaconf": _OMEGACONF},
+        "config": config,
     }
 
 

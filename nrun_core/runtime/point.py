@@ -33,7 +33,7 @@ import types
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-FORMAT = 1
+FORMAT = 2  # 2: the config as the sweep's Hydra node + the point's own part (payload.Pickler)
 COMPLETED = "COMPLETED"
 FAILED = "FAILED"
 PR_SET_CHILD_SUBREAPER = 36
@@ -325,7 +325,10 @@ class _hydra_main_inert:
 # -- the composed config -----------------------------------------------------------------------
 def load_config(data: Dict[str, Any]) -> Any:
     try:
-        return pickle.loads(base64.b64decode(data["pickle"]))
+        cfg = pickle.loads(base64.b64decode(data["pickle"]))
+        if data.get("hydra"):
+            _put_hydra(cfg, data["hydra"])
+        return cfg
     except Exception as exc:
         import omegaconf
 
@@ -334,6 +337,24 @@ def load_config(data: Dict[str, Any]) -> Any:
             f"this Python could not read the config the launcher composed ({type(exc).__name__}: {exc}). "
             f"The launcher has omegaconf {theirs}, this Python {omegaconf.__version__} at {sys.executable}; "
             "install the same hydra-core/omegaconf here (and the app's own packages)") from exc
+
+
+def _put_hydra(cfg: Any, hydra: Dict[str, Any]) -> None:
+    """Hydra's node of the point: the sweep's base with the point's patched subtrees, put back
+    at its place in the config (see nrun_core.payload.Pickler, which took them apart)."""
+    node = pickle.loads(base64.b64decode(hydra["base"]))
+    for path, blob in hydra["patch"]:
+        parent = node
+        for key in path[:-1]:
+            parent = parent.__dict__["_content"][key]
+        sub = pickle.loads(base64.b64decode(blob))
+        sub.__dict__["_parent"] = parent
+        parent.__dict__["_content"][path[-1]] = sub
+    root = cfg.__dict__
+    items = list(root["_content"].items())
+    items.insert(int(hydra["at"]), ("hydra", node))
+    root["_content"] = dict(items)
+    node.__dict__["_parent"] = cfg
 
 
 # -- processes the point leaves behind ---------------------------------------------------------
