@@ -59,11 +59,12 @@ def reconcile(store: Store, sweep: Dict[str, Any]) -> bool:
         result = read_result(spec.result_file, expect=spec.identity) if spec else None
         if result and result["status"] == R_COMPLETED:
             store.update_point(sweep["id"], p["idx"], state=COMPLETED, ended=result.get("time", time.time()),
-                               value_repr=result.get("repr"), detail="settled from its result file")
+                               value_repr=result.get("repr"), usage=result.get("usage"),
+                               detail="settled from its result file")
         elif result:
             store.update_point(sweep["id"], p["idx"], state=FAILED, ended=result.get("time", time.time()),
                                error=f"{result.get('error_type')}: {result.get('error')}",
-                               detail="settled from its result file")
+                               usage=result.get("usage"), detail="settled from its result file")
         else:
             store.update_point(sweep["id"], p["idx"], state=LOST, ended=time.time(),
                                error="ended unwatched without a result",

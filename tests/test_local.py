@@ -104,6 +104,7 @@ def test_sigkill_of_the_launcher_leaves_a_consistent_store(home, tmp_path):
     wait_for(lambda: "RUNNING" not in states().values(), timeout=30)  # the orphan finishes, then settles
     final = states()
     assert final[0] == "COMPLETED"                      # settled from its result file
+    assert status_json()["points"][0]["usage"]["wall_s"] >= 2  # with what it used, as if watched
     assert final[1] == final[2] == "LOST"               # never started: named, not forgotten
     assert status_json()["sweep"]["state"] == "FAILED"
 
