@@ -9,9 +9,14 @@ skipping it, so CI cannot pass by silently skipping the real backend.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from collections.abc import Iterator
+from typing import List
 
 import pytest
+
+from conftest import APPS, PYTHON, interruptible
 
 from nrun_core.sandbox import slurm
 from require import missing
@@ -38,3 +43,28 @@ def slurm_env(
     for key, value in slurm_cluster.items():
         monkeypatch.setenv(key, value)
     yield dict(os.environ)
+
+
+@pytest.fixture
+def launch(tmp_path):
+    """Start `slurm_app.py -m hydra/launcher=nrun_slurm ARGS` in the background like a user's
+    terminal; Ctrl-C whatever is left at the end (that cancels its Slurm jobs too), so a failed
+    test leaves nothing running on the shared cluster."""
+    started: List[subprocess.Popen] = []
+
+    def start(*args: str) -> subprocess.Popen:
+        proc = subprocess.Popen([PYTHON, str(APPS / "slurm_app.py"), "-m", "hydra/launcher=nrun_slurm",
+                                 "hydra.launcher.progress=lines", *args, f"hydra.sweep.dir={tmp_path}/multirun"],
+                                cwd=tmp_path, preexec_fn=interruptible,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()

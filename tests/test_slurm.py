@@ -18,34 +18,11 @@ from typing import Dict, List
 import pytest
 
 from conftest import APPS, PYTHON, nrun, run_app, states, status_json, interruptible, wait_for
-from slurm_fixtures import slurm_cluster, slurm_env  # noqa: F401  (fixtures)
+from slurm_fixtures import launch, slurm_cluster, slurm_env  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.slurm
 SLURM = "hydra/launcher=nrun_slurm"
 QUIET = "hydra.launcher.progress=lines"
-
-
-@pytest.fixture
-def launch(tmp_path):
-    """Start the app in the background like a user's terminal; Ctrl-C whatever is left at the end
-    (that cancels its Slurm jobs too), so a failed test leaves nothing running."""
-    started: List[subprocess.Popen] = []
-
-    def start(*args: str) -> subprocess.Popen:
-        proc = subprocess.Popen(preexec_fn=interruptible, args=[PYTHON, str(APPS / "slurm_app.py"), "-m", SLURM, QUIET, *args,
-                                 f"hydra.sweep.dir={tmp_path}/multirun"], cwd=tmp_path,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 def _backend_ids(ref: str = "last") -> Dict[int, str]:
@@ -185,10 +162,11 @@ def test_two_node_torchrun_gloo_allreduce(slurm_env, home, tmp_path):
 
 
 def test_dependencies_behave_per_type(slurm_env, home, tmp_path):
-    for name, action in (("up_ok", "sleep"), ("up_fail", "late_raise")):  # long enough for Slurm to decide
+    gate = tmp_path / "upstream-may-end"  # the upstream points end only once every dependent is queued
+    for name, action in (("up_ok", "sleep"), ("up_fail", "late_raise")):
         (tmp_path / name).mkdir()
-        run_app("slurm_app.py", SLURM, f"action={action}", "seconds=10", "x=1,2", "hydra.launcher.wait=false",
-                f"hydra.launcher.sweep_name={name}", cwd=tmp_path / name, check=True)
+        run_app("slurm_app.py", SLURM, f"action={action}", "seconds=1", "x=1,2", "hydra.launcher.wait=false",
+                f"+gate={gate}", f"hydra.launcher.sweep_name={name}", cwd=tmp_path / name, check=True)
     cases = {"ok_afterok": "afterok:up_ok", "ok_afternotok": "afternotok:up_ok",
              "fail_afterok": "afterok:up_fail", "fail_afternotok": "afternotok:up_fail",
              "fail_afterany": "afterany:up_fail"}
@@ -200,7 +178,10 @@ def test_dependencies_behave_per_type(slurm_env, home, tmp_path):
              f"hydra.launcher.sweep_name={name}", f"hydra.sweep.dir={tmp_path / name}/multirun"],
             cwd=tmp_path / name, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        codes = {name: (p.wait(timeout=120), p.stderr.read()) for name, p in procs.items()}
+        wait_for(lambda: all(nrun("status", n).returncode == 0 and states(n).get(0) == "QUEUED" for n in cases),
+                 timeout=180)
+        gate.touch()
+        codes = {name: (p.wait(timeout=180), p.stderr.read()) for name, p in procs.items()}
     finally:
         for p in procs.values():
             if p.poll() is None:

@@ -9,41 +9,18 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 from pathlib import Path
 from typing import Dict, List
 
 import pytest
 
-from conftest import APPS, PYTHON, interruptible, nrun, run_app, states, status_json, wait_for
-from slurm_fixtures import slurm_cluster, slurm_env  # noqa: F401  (fixtures)
+from conftest import nrun, run_app, states, status_json, wait_for
+from slurm_fixtures import launch, slurm_cluster, slurm_env  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.slurm
 SLURM = "hydra/launcher=nrun_slurm"
 LINES = "hydra.launcher.progress=lines"
-
-
-@pytest.fixture
-def launch(tmp_path):
-    """The app in the background like a user's terminal; Ctrl-C whatever is left at the end."""
-    started: List[subprocess.Popen] = []
-
-    def start(*args: str) -> subprocess.Popen:
-        proc = subprocess.Popen([PYTHON, str(APPS / "slurm_app.py"), "-m", SLURM, LINES, *args,
-                                 f"hydra.sweep.dir={tmp_path}/multirun"], cwd=tmp_path, preexec_fn=interruptible,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 def _points(ref: str = "last") -> Dict[int, dict]:

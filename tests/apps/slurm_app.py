@@ -27,6 +27,7 @@ def main(cfg: DictConfig):
     print("to-stderr", file=sys.stderr, flush=True)
     if cfg.action == "raise":
         raise ValueError(f"boom at x={cfg.x}")
+    _wait_for_gate(cfg.get("gate"))
     if cfg.action == "late_raise":
         time.sleep(cfg.seconds)
         raise ValueError(f"late boom at x={cfg.x}")
@@ -49,6 +50,13 @@ def main(cfg: DictConfig):
     if cfg.action == "env":
         return {k: _digest(os.environ.get(k)) if "TOKEN" in k else os.environ.get(k) for k in cfg.env_names}
     return {"x": cfg.x, "square": cfg.x * cfg.x}
+
+
+def _wait_for_gate(path):
+    """With +gate=FILE: hold the point until the test creates FILE (no race with a clock)."""
+    deadline = time.monotonic() + 600
+    while path and not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _digest(value):

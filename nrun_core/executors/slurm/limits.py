@@ -26,6 +26,7 @@ class Limits:
     max_array_size: int = SLURM_DEFAULT_MAX_ARRAY_SIZE
     max_job_count: Optional[int] = None       # slurmctld's MaxJobCount (None: not read)
     max_submit_jobs: Optional[int] = None     # the user's association MaxSubmitJobs (None: unset)
+    submit_account: Optional[str] = None      # the account of that association (None: any)
     queued_all: int = 0                       # jobs slurmctld holds now (every user)
     queued_mine: int = 0                      # of them, the submitting user's
     cpus: Optional[int] = None                # CPUs of the partition (all nodes)
@@ -41,7 +42,9 @@ class Limits:
         queue is counted only where it matters: the user's jobs under a MaxSubmitJobs, everyone's
         when the sweep alone is a tenth of MaxJobCount."""
         if site is not None and self.max_submit_jobs is not None:
-            self.queued_mine = _count(site, ["-u", _user(site)])
+            # the association's jobs: this user's in that account (jobs in others count elsewhere)
+            self.queued_mine = _count(site, ["-u", _user(site)] +
+                                      (["-A", self.submit_account] if self.submit_account else []))
         if site is not None and self.max_job_count is not None and tasks * 10 >= self.max_job_count:
             self.queued_all = _count(site, [])
         fix = ("run fewer points per sweep, pack several points per array task "
@@ -78,7 +81,8 @@ def read(site: Any, partition: Optional[str], max_array_size: Optional[int] = No
         with ThreadPoolExecutor(len(asks)) as pool:
             conf, max_submit, cpus = (f.result() for f in [pool.submit(ask) for ask in asks])
     return Limits(max_array_size=max_array_size or _int(conf.get("MaxArraySize")) or SLURM_DEFAULT_MAX_ARRAY_SIZE,
-                  max_job_count=_int(conf.get("MaxJobCount")), max_submit_jobs=max_submit, cpus=cpus,
+                  max_job_count=_int(conf.get("MaxJobCount")), max_submit_jobs=max_submit[0],
+                  submit_account=max_submit[1], cpus=cpus,
                   source="hydra.launcher.max_array_size" if max_array_size else "the cluster (scontrol show config)")
 
 
@@ -94,21 +98,24 @@ def _config(site: Any) -> Dict[str, str]:
     return found
 
 
-def _max_submit(site: Any, account: Optional[str]) -> Optional[int]:
+def _max_submit(site: Any, account: Optional[str]) -> "tuple[Optional[int], Optional[str]]":
     """The tightest MaxSubmitJobs (or GrpSubmitJobs) of the user's association in the account the
-    sweep runs under (hydra.launcher.account, else the user's default account); None if unset."""
+    sweep runs under (hydra.launcher.account, else the user's default account), and that account;
+    (None, None) if unset."""
     user = _user(site)
     out = site.run(["sacctmgr", "-n", "-P", "show", "assoc", f"user={user}",
                     "format=account,maxsubmit,grpsubmit"], timeout=30)
     if out.returncode != 0:
-        return None
+        return None, None
     rows = [line.split("|") for line in out.stdout.splitlines() if line.strip()]
     if account is None and len({r[0] for r in rows}) > 1:
         default = site.run(["sacctmgr", "-n", "-P", "show", "user", user, "format=defaultaccount"], timeout=30)
         account = default.stdout.strip().splitlines()[0] if default.returncode == 0 and default.stdout.strip() else None
+    if account is None and len({r[0] for r in rows}) == 1:
+        account = rows[0][0]
     values = [_int(v) for r in rows if account is None or r[0] == account for v in r[1:]]
     found = [v for v in values if v is not None]
-    return min(found) if found else None
+    return (min(found), account) if found else (None, None)
 
 
 def _count(site: Any, where: "list[str]") -> int:
