@@ -248,14 +248,42 @@ def write(spec: JobSpec, payload: Dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _mkdirs(path: str) -> None:
-    """os.makedirs for a dir whose grandparent usually exists: one mkdir a level, no stat calls."""
+_KNOWN: Set[str] = set()  # dirs known to exist: the parents of the job dirs (a sweep dir)
+
+
+def _mkdirs(nrun_dir: str) -> None:
+    """os.makedirs for a point's ``<job dir>/.nrun/<sweep id>``, no stat calls: once the job
+    dir's parent is known to exist, three mkdirs downward; else from the bottom up (then the
+    parent is known)."""
+    chain, p = [], nrun_dir
+    while p not in _KNOWN:
+        if len(chain) == 3 or p == os.path.dirname(p):
+            _mkdirs_up(nrun_dir)
+            if len(_KNOWN) > 64:
+                _KNOWN.clear()
+            _KNOWN.add(os.path.dirname(os.path.dirname(os.path.dirname(nrun_dir))))
+            return
+        chain.append(p)
+        p = os.path.dirname(p)
+    for d in reversed(chain):
+        try:
+            os.mkdir(d)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:  # the known parent is gone: forget it, go the long way
+            _KNOWN.discard(p)
+            _mkdirs_up(nrun_dir)
+            return
+
+
+def _mkdirs_up(path: str) -> None:
+    """Try the dir, then its parent where that is missing, and so on up."""
     if not path or path == os.path.dirname(path):  # '' or the root
         return
     try:
         os.mkdir(path)
     except FileNotFoundError:
-        _mkdirs(os.path.dirname(path))
+        _mkdirs_up(os.path.dirname(path))
         try:
             os.mkdir(path)
         except FileExistsError:
