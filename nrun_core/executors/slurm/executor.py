@@ -418,8 +418,11 @@ class SlurmExecutor(Executor):
         limit is then the sum of its points' timeout_s, and the pack runner stops each point at
         its own timeout_s), no requeue (max_num_timeout=0), and only when the sweep has at least
         twice as many points as can run at once, P = min(array_parallelism or max_parallel,
-        the partition's CPUs / cpus_per_task). Then K = min(MAX_AUTO_PACK, points // P): the
-        number of array tasks, ceil(points / K), stays >= P, so packing never costs parallelism.
+        the partition's CPUs / cpus_per_task). Then K = min(MAX_AUTO_PACK, ceil(points / P)): at
+        most P array tasks, all started in one wave, none holding more than the ceil(points / P)
+        points a slot must run anyway; so packing never costs time for points of equal length.
+        (K = points // P would leave a few tasks over P for a second wave: 100 points on 32 CPUs
+        made 34 tasks of 3, the last two starting only when the first ones ended.)
         """
         c, n = self.opts, len(specs)
         asked = c.points_per_task
@@ -452,7 +455,7 @@ class SlurmExecutor(Executor):
         if why:
             self._pack_why = f"none ({'; '.join(why)})"
             return 1
-        size = min(MAX_AUTO_PACK, n // parallel)
+        size = min(MAX_AUTO_PACK, -(-n // parallel))
         self._pack_why = (f"{size} point(s) per array task (auto: {n} points, {parallel} can run at once; "
                           f"set hydra.launcher.points_per_task to choose)")
         return size
