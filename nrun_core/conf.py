@@ -25,6 +25,9 @@ class NrunConf:
     dry_run: bool = False
     # Live view while waiting: auto (table on a terminal, lines otherwise), table, lines, quiet.
     progress: str = "auto"
+    # The points' own output (stdout/stderr) on this terminal, each line prefixed by its point:
+    # auto (on for a sweep of one point), true, false. Never in the detached mode (wait=false).
+    stream: str = "auto"
     # Points running at once; null = the executor's default (local: the machine's cores).
     max_parallel: Optional[int] = None
     # Wall-clock limit per point, in seconds; null = none. A point over it is killed, marked TIMEOUT.

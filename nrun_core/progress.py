@@ -1,5 +1,10 @@
 """What the user sees while a sweep runs: a live table on a terminal, one line per change otherwise.
 
+Each point is shown by what tells it apart (its swept values, nrun_core.swept), never by the
+overrides every point shares; lines and the table are cut to the terminal's width, not wrapped.
+Points' own output, when streamed (nrun_core.livelogs), comes through ``output``, prefixed by
+the point, above the table or between the lines.
+
 The table never starts a refresh thread (rich's auto_refresh is off): the runner redraws it from
 its own loop, so forking a point never races a thread holding the terminal's lock.
 
@@ -13,27 +18,37 @@ otherwise print 20,000 lines of "queued" and "completed").
 from __future__ import annotations
 
 import heapq
+import os
 import sys
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Dict, List, Optional
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from nrun_core.store import COMPLETED, PENDING, RUNNING, TERMINAL
+from nrun_core.termfit import fit, width
 
 _STYLE = {"COMPLETED": "green", "FAILED": "red", "TIMEOUT": "red", "LOST": "red",
           "CANCELLED": "yellow", "RUNNING": "cyan", "QUEUED": "blue", "PENDING": "dim"}
 
 
+# Colors of the points' prefixes in streamed output, by point number (red is kept for failures)
+_PREFIX_COLORS = ("cyan", "yellow", "green", "magenta", "blue", "bright_cyan", "bright_yellow",
+                  "bright_green", "bright_magenta", "bright_blue")
+_ANSI = {"cyan": "36", "yellow": "33", "green": "32", "magenta": "35", "blue": "34", "bright_cyan": "96",
+         "bright_yellow": "93", "bright_green": "92", "bright_magenta": "95", "bright_blue": "94"}
+
+
 @dataclass
 class Row:
     idx: int
-    overrides: str
+    label: str                 # the point's swept values, e.g. "lr=0.1 batch=64"
     state: str = PENDING
     started: Optional[float] = None
     ended: Optional[float] = None
     detail: str = ""
     attempt: int = 0
+    values: Dict[str, str] = field(default_factory=dict)  # swept key → value: the table's columns
 
     def elapsed(self) -> str:
         if self.started is None:
@@ -57,6 +72,19 @@ class View:
     def close(self) -> None: ...
     def message(self, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
+
+    def output(self, lines: Sequence[Tuple[str, str, bool, int]]) -> None:
+        """Lines of the points' own output, each (prefix, line, from stderr?, color number):
+        a point's stdout to ours, its stderr to ours."""
+        out, err_out = sys.stdout, sys.stderr
+        colored = {out: _colored(out), err_out: _colored(err_out)}
+        for prefix, line, err, n in lines:
+            stream = err_out if err else out
+            if colored[stream]:
+                prefix = f"\x1b[{_ANSI[_PREFIX_COLORS[n % len(_PREFIX_COLORS)]]}m{prefix}\x1b[0m"
+            stream.write(f"{prefix} {line}\n")
+        out.flush()
+        err_out.flush()
 
 
 class QuietView(View):
@@ -144,8 +172,9 @@ class LinesView(View):
 
     def _line(self, row: Row) -> None:
         tail = f" {row.elapsed()}" if row.state in TERMINAL else ""
+        label = f" ({row.label})" if row.label else ""
         detail = f": {row.detail}" if row.detail else ""
-        print(f"[nrun {self.sweep_id}] #{row.idx} {row.state}{tail} ({row.overrides}){detail}",
+        print(fit(f"[nrun {self.sweep_id}] #{row.idx} {row.state}{tail}{label}{detail}", width(sys.stderr, env_too=False)),
               file=sys.stderr, flush=True)
 
     def _progress(self) -> None:
@@ -156,20 +185,24 @@ class LinesView(View):
             return
         self._said = text
         done = sum(n for s, n in self.tally.counts.items() if s in TERMINAL)
-        print(f"[nrun {self.sweep_id}] {done}/{len(self.rows)} done: {text}", file=sys.stderr, flush=True)
+        print(fit(f"[nrun {self.sweep_id}] {done}/{len(self.rows)} done: {text}", width(sys.stderr, env_too=False)),
+              file=sys.stderr, flush=True)
 
 
 class TableView(View):
     MAX_ROWS = 24
     REDRAW_S = 0.25
+    MAX_KEY_COLUMNS = 6   # more swept keys than this: one column with all of them
 
-    def __init__(self, sweep_id: str, rows: Dict[int, Row]) -> None:
+    def __init__(self, sweep_id: str, rows: Dict[int, Row], keys: Sequence[str] = (), console=None) -> None:  # type: ignore[no-untyped-def]
         super().__init__(sweep_id, rows)
         from rich.console import Console
         from rich.live import Live
 
         self.tally = Tally(rows)
-        self.console = Console(stderr=True)
+        self._idx_width = len(str(max(rows, default=0)))  # once: a redraw never goes over every row
+        self.keys = list(keys) if 0 < len(keys) <= self.MAX_KEY_COLUMNS else []
+        self.console = console if console is not None else Console(stderr=True)
         self.live = Live(self._table(), console=self.console, auto_refresh=False, transient=False)
         self.live.start()
         self._last = time.monotonic()
@@ -193,26 +226,61 @@ class TableView(View):
         self.live.stop()
 
     def message(self, text: str) -> None:
-        self.console.print(text, highlight=False, markup=False)
+        self.console.print(text, highlight=False, markup=False, overflow="ellipsis", no_wrap=True, crop=True)
+
+    def output(self, lines: Sequence[Tuple[str, str, bool, int]]) -> None:
+        """Above the table (rich's Live keeps it at the bottom), the points' own text as is; one
+        print per batch: each print draws the table again."""
+        from rich.text import Text
+
+        text = Text()
+        for i, (prefix, line, _err, n) in enumerate(lines):
+            text.append(("\n" if i else "") + prefix + " ", style=_PREFIX_COLORS[n % len(_PREFIX_COLORS)])
+            text.append_text(Text.from_ansi(line))
+        self.console.print(text, highlight=False)
 
     def _table(self):  # type: ignore[no-untyped-def]
         from rich.table import Table
+        from rich.text import Text
 
         counts = self.tally.counts
-        summary = "  ".join(f"[{_STYLE.get(s, '')}]{s.lower()} {n}[/]" for s, n in sorted(counts.items()))
-        table = Table(title=f"nrun sweep {self.sweep_id}   {summary}", title_justify="left",
-                      expand=False)
-        for col in ("#", "overrides", "state", "time", "detail"):
-            table.add_column(col, overflow="fold" if col == "overrides" else "ellipsis",
-                             max_width=60 if col in ("overrides", "detail") else None)
+        title = Text.assemble(f"nrun sweep {self.sweep_id}  ", *[
+            (f" {s.lower()} {n}", _STYLE.get(s, "")) for s, n in sorted(counts.items())],
+            no_wrap=True, overflow="ellipsis")
+        table = Table(title=title, title_justify="left", expand=False)
         shown = _pick_rows(self.tally.candidates(), self.MAX_ROWS)
+        cells = {r.idx: [r.values.get(k, "") for k in self.keys] if self.keys else [r.label] for r in shown}
+        widths = _column_widths(self.console.width, self._idx_width,
+                                [max([len(k), *(len(c[i]) for c in cells.values())])
+                                 for i, k in enumerate(self.keys or ["point"])],
+                                max([6, *(len(r.detail) for r in shown)]))
+        for col, w in zip(("#", *(self.keys or ["point"]), "state", "time", "detail"), widths):
+            # every cell on one line, cut with an ellipsis: the table never wraps at any width
+            table.add_column(col, overflow="ellipsis", no_wrap=True, width=w,
+                             justify="right" if col in ("#", "time") else "left")
         for r in shown:
             style = _STYLE.get(r.state, "")
-            table.add_row(str(r.idx), r.overrides, f"[{style}]{r.state}[/]", r.elapsed(), r.detail)
+            table.add_row(str(r.idx), *cells[r.idx], f"[{style}]{r.state}[/]", r.elapsed(), r.detail)
         hidden = len(self.rows) - len(shown)
         if hidden:
             table.caption = f"... and {hidden} more (nrun status {self.sweep_id})"
         return table
+
+
+def _column_widths(total: int, idx_width: int, natural: List[int], detail_natural: int = 60) -> List[int]:
+    """Widths of #, the point's columns, state, time and detail that fill at most `total`
+    columns: #, state and time whole; the point's columns their natural width, cut evenly when
+    they do not fit; detail whatever is left (at least a few characters)."""
+    fixed = [max(1, idx_width), 9, 7]
+    overhead = 3 * (len(natural) + 4) + 1  # a space each side of each cell, and the borders
+    room = max(0, total - overhead - sum(fixed) - 12)  # 12: the least detail worth a column
+    keys = list(natural)
+    while sum(keys) > room and max(keys) > 3:
+        widest = keys.index(max(keys))
+        keys[widest] -= max(1, (sum(keys) - room) // len(keys))
+        keys[widest] = max(3, keys[widest])
+    detail = max(3, min(60, detail_natural, total - overhead - sum(fixed) - sum(keys)))
+    return [fixed[0], *keys, fixed[1], fixed[2], detail]
 
 
 def _pick_rows(rows: List[Row], limit: int) -> List[Row]:
@@ -223,11 +291,22 @@ def _pick_rows(rows: List[Row], limit: int) -> List[Row]:
     return sorted(picked, key=lambda r: r.idx)
 
 
-def make_view(kind: str, sweep_id: str, rows: Dict[int, Row]) -> View:
+def make_view(kind: str, sweep_id: str, rows: Dict[int, Row], keys: Sequence[str] = ()) -> View:
+    """`keys`: the swept keys, a column each in the table."""
     if kind == "auto":
         kind = "table" if sys.stderr.isatty() else "lines"
     if kind == "table":
-        return TableView(sweep_id, rows)
+        return TableView(sweep_id, rows, keys)
     if kind == "lines":
         return LinesView(sweep_id, rows)
     return QuietView(sweep_id, rows)
+
+
+def _colored(stream) -> bool:  # type: ignore[no-untyped-def]
+    """ANSI colors on a terminal, unless NO_COLOR (no-color.org) says otherwise."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False

@@ -74,10 +74,11 @@ def _settle(spec: JobSpec, ended: Ended) -> Outcome:
 
 class Runner:
     def __init__(self, store: Store, sweep_id: str, executor: Executor, specs: List[JobSpec],
-                 rows: Dict[int, Row], view: View, retries: int = 0) -> None:
+                 rows: Dict[int, Row], view: View, retries: int = 0, logs: Any = None) -> None:
         self.store, self.sweep_id, self.executor = store, sweep_id, executor
         self.specs = {s.index: s for s in specs}
         self.rows, self.view, self.retries = rows, view, retries
+        self.logs = logs  # a livelogs.LogTail when the points' output is streamed here, else None
         self.outcomes: Dict[int, Outcome] = {}
         # Attempts already made (a detached supervisor continues what the launcher submitted)
         self._attempts: Dict[int, int] = {i: rows[i].attempt if i in rows else 0 for i in self.specs}
@@ -115,6 +116,8 @@ class Runner:
                 if time.monotonic() >= next_check:
                     self._honour_cancel_requests()
                     next_check = time.monotonic() + CANCEL_CHECK_S
+                if self.logs is not None:
+                    self.logs.pump()
                 self.view.tick()
         except KeyboardInterrupt as exc:
             self.stop(exc)
@@ -138,8 +141,12 @@ class Runner:
                 self.store.update_point(self.sweep_id, event.idx, state=RUNNING, backend_id=event.backend_id,
                                         pid=event.pid, pid_start=event.pid_start, started=row.started,
                                         attempts=row.attempt, detail=f"started as {event.backend_id}")
+                if self.logs is not None:
+                    self.logs.watch(self.specs[event.idx], event.backend_id)
         elif isinstance(event, Ended):
             spec = self.specs[event.idx]
+            if self.logs is not None and (row.state == RUNNING or event.reason == "exited"):
+                self.logs.drain(spec)  # its last lines, before the line saying how it ended
             if row.state not in (RUNNING, QUEUED):  # ended without ever starting (e.g. could not be spawned)
                 self._attempts[event.idx] += 1
                 row.attempt = self._attempts[event.idx]

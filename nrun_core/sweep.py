@@ -25,6 +25,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, setup_globals
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from hydra.errors import CompactHydraException
+
+from nrun_core import livelogs
 from nrun_core import options as opts
 from nrun_core import payload, procs, registry, taskref, wrappers
 from nrun_core.errors import ConfigError, PointFailed
@@ -35,6 +38,7 @@ from nrun_core.runtime.point import run_point
 from nrun_core.runtime.result import COMPLETED as R_COMPLETED, read_result
 from nrun_core.spec import BASE_COMMAND, JobSpec
 from nrun_core.store import CANCELLED, COMPLETED, PENDING, Store, new_sweep_id, sweep_state
+from nrun_core.swept import Swept, declared_keys
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,9 @@ class Sweep:
         self._recorded = False  # the sweep row exists (later batches of the sweeper add points)
         self.task_name = str(JobRuntime.instance().get("name"))
         self._secret: set = set()
+        self._swept: Optional[Swept] = None  # what tells the points apart, over every batch
+        self._headed = False  # the sweep's header was printed (an Optuna sweep has many batches)
+        self._stream = False  # this batch's points' output is streamed here
 
     @property
     def store(self) -> Store:
@@ -70,7 +77,12 @@ class Sweep:
         command exits 130/143 with one line saying so."""
         with _sigterm_as_interrupt():
             try:
-                return self._launch(job_overrides, initial_job_idx)
+                try:
+                    return self._launch(job_overrides, initial_job_idx)
+                except BaseException:
+                    if not self._recorded:  # refused (or interrupted) before anything ran
+                        _drop_unused_sweep_dir(self.config.hydra.sweep.dir, self._cwd)
+                    raise
             except Interrupted as stop:
                 self._interrupted(stop.why, stop.exit_code)
             except KeyboardInterrupt as exc:  # before any point was submitted
@@ -99,6 +111,7 @@ class Sweep:
         o = self.options
         schema = registry.load(self.entry.schema)
         opts.check(o, schema)
+        self._stream = livelogs.wanted(o.get("stream", "auto"), len(job_overrides), o.get("wait", True))
         wrappers.validate(o.get("launcher"))
         self._check_sweeper(o)
         typed = opts.typed(schema, o)
@@ -153,6 +166,8 @@ class Sweep:
 
         if o.get("dry_run"):
             self._print_dry_run(executor, specs, artifact)
+            if not self._recorded:  # nothing ran: no sweep dir left holding only Hydra's multirun.yaml
+                _drop_unused_sweep_dir(self.config.hydra.sweep.dir, self._cwd)
             with _gc_paused():
                 return [self._job_return(s, Outcome(COMPLETED)) for s in specs]
 
@@ -168,7 +183,8 @@ class Sweep:
                     cfg = self._configs.lend(s.index)
                     write(s, cfg)
                     self._configs.done(s.index, cfg)
-        rows = {s.index: Row(s.index, " ".join(s.overrides)) for s in todo}
+        swept = self._swept_keys(specs)
+        rows = {s.index: Row(s.index, swept.label(s.overrides), values=swept.values(s.overrides)) for s in todo}
         if not o.get("wait", True):
             from nrun_core.detach import detach
 
@@ -294,22 +310,51 @@ class Sweep:
         return run_point(self.task_function, cfg, result_file=spec.result_file, ident=spec.identity,
                          hydra_context=self.hydra_context)
 
-    def runner(self, executor: Executor, specs: List[JobSpec], rows: Dict[int, Row], view: Any) -> Runner:
+    def runner(self, executor: Executor, specs: List[JobSpec], rows: Dict[int, Row], view: Any,
+               logs: Any = None) -> Runner:
         return Runner(self.store, self.sweep_id or "", executor, specs, rows, view,
-                      retries=self.options.get("retries", 0))
+                      retries=self.options.get("retries", 0), logs=logs)
+
+    def _swept_keys(self, specs: List[JobSpec]) -> Swept:
+        """Learn this batch's points: what differs between them (and the earlier batches')."""
+        if self._swept is None:
+            hydra = self.config.hydra
+            self._swept = Swept(declared_keys(list(hydra.overrides.task), hydra.get("sweeper")))
+        for s in specs:
+            self._swept.add(s.overrides)
+        return self._swept
 
     def _run_here(self, executor: Executor, specs: List[JobSpec], rows: Dict[int, Row]) -> Dict[int, Outcome]:
-        view = make_view(self.options.get("progress", "auto"), self.sweep_id or "", rows)
-        view.message(f"[nrun] sweep {self.sweep_id}: {len(specs)} point(s) on {self.entry.option}; "
-                     f"outputs in {self.config.hydra.sweep.dir}; `nrun status {self.sweep_id}` from any shell"
-                     + (f"\n[nrun] {executor.header()}" if executor.header() else ""))
-        runner = self.runner(executor, specs, rows, view)
+        swept = self._swept or Swept()
+        view = make_view(self.options.get("progress", "auto"), self.sweep_id or "", rows, keys=swept.keys())
+        if not self._headed:  # once per sweep: a sweeper such as Optuna launches batch after batch
+            self._headed = True
+            where = os.path.normpath(str(self.config.hydra.sweep.dir))
+            basic = str(self.config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper")
+            batch = "" if basic else " in its first batch"  # Optuna & co. choose the next ones as they go
+            view.message(f"[nrun] sweep {self.sweep_id}: {len(specs)} point(s){batch} on {self.entry.option}, "
+                         f"outputs in {where}\n[nrun] from any shell: nrun status {self.sweep_id}"
+                         + (f"\n[nrun] {executor.header()}" if executor.header() else ""))
+        logs = self._live_logs(view, rows)
+        runner = self.runner(executor, specs, rows, view, logs=logs)
         try:
             outcomes = runner.run()
         finally:
             view.close()
+            if logs is not None:
+                logs.close()
         self.finish()
         return outcomes
+
+    def _live_logs(self, view: Any, rows: Dict[int, Row]) -> Optional[livelogs.LogTail]:
+        """The points' output on this terminal (hydra.launcher.stream), read where `nrun logs`
+        reads it: the executor's Control."""
+        if not self._stream:
+            return None
+        from nrun_core.reconcile import control
+
+        ctl = control(self.store.sweep(self.sweep_id or ""))
+        return livelogs.LogTail(ctl, self.sweep_id or "", view.output, lambda idx: rows[idx].label)
 
     def finish(self) -> None:
         state = sweep_state(self.store.counts(self.sweep_id or ""))
@@ -383,18 +428,31 @@ class Sweep:
             ret.status, ret._return_value = JobStatus.COMPLETED, outcome.value
         else:
             ret.status = JobStatus.FAILED
-            ret._return_value = PointFailed(_failure_text(spec, outcome))
+            ret._return_value = ReportedFailure(_failure_text(spec, outcome, self.sweep_id or ""),
+                                                traceback=outcome.traceback)
         return ret
 
     def _report_failures(self, specs: List[JobSpec], outcomes: Dict[int, Outcome]) -> None:
+        """The one failure report: each failed point, why, its traceback (the first one; the
+        rest are in their stderr.log) unless it was streamed above, and where its logs are."""
         failed = [s for s in specs if outcomes[s.index].state != COMPLETED]
         if not failed:
             return
+        swept = self._swept or Swept()
         lines = [f"[nrun] sweep {self.sweep_id}: {len(failed)} of {len(specs)} point(s) did not complete:"]
+        shown = 0
         for s in failed:
             oc = outcomes[s.index]
-            lines.append(f"  #{s.index} {oc.state} ({' '.join(s.overrides)}): {oc.error}")
+            label = swept.label(s.overrides)
+            lines.append(f"  #{s.index} {oc.state}" + (f" ({label})" if label else "") + f": {oc.error}")
+            if oc.traceback and not self._stream and shown < TRACEBACKS_SHOWN:
+                shown += 1
+                lines += ["      " + t for t in oc.traceback.rstrip().splitlines()]
             lines.append(f"      logs: {s.stdout}  {s.stderr}")
+        hidden = sum(1 for s in failed if outcomes[s.index].traceback) - shown
+        if hidden and not self._stream:
+            lines.append(f"  ({hidden} more traceback(s) in their stderr.log; `nrun logs {self.sweep_id} "
+                         "POINT --stderr` prints one)")
         print("\n".join(lines), file=sys.stderr, flush=True)
 
     def _print_dry_run(self, executor: Executor, specs: List[JobSpec], artifact: Any) -> None:
@@ -486,6 +544,18 @@ class _PointReturn(JobReturn):
     def __init__(self, make: Callable[[], Tuple[DictConfig, DictConfig]], **fields: Any) -> None:
         super().__init__(**fields)
         self.__dict__["_make"] = make
+
+    @property  # type: ignore[override]
+    def return_value(self) -> Any:
+        """Hydra's, without its "Error executing job with overrides" line: nrun's summary has
+        already named the failed point."""
+        if self.status == JobStatus.FAILED and isinstance(self._return_value, ReportedFailure):
+            raise self._return_value
+        return JobReturn.return_value.fget(self)  # type: ignore[attr-defined]
+
+    @return_value.setter
+    def return_value(self, value: Any) -> None:
+        self._return_value = value
 
     def _configs(self) -> None:
         make = self.__dict__.pop("_make", None)
@@ -592,11 +662,49 @@ def _app_name() -> str:
 _NOW = re.compile(r"\$\{now:[^${}\\]*\}")
 
 
-def _failure_text(spec: JobSpec, outcome: Outcome) -> str:
-    text = f"point #{spec.index} ({' '.join(spec.overrides)}) {outcome.state}: {outcome.error}"
-    if outcome.traceback:
-        text += "\n" + outcome.traceback.rstrip()
-    return text + f"\n  logs: {spec.stdout}\n        {spec.stderr}"
+TRACEBACKS_SHOWN = 1  # many failing points usually share a cause: one traceback, then one line each
+
+
+class ReportedFailure(PointFailed, CompactHydraException):
+    """A failed point's return value, raised when a sweeper reads it. nrun's own summary has
+    already named the point, its error, traceback and logs, so Hydra prints only this one line
+    (a CompactHydraException: no second traceback); the traceback stays on `.traceback`."""
+
+    def __init__(self, text: str, traceback: str = "") -> None:
+        super().__init__(text)
+        self.traceback = traceback
+
+
+def _failure_text(spec: JobSpec, outcome: Outcome, sweep_id: str) -> str:
+    return (f"point #{spec.index} ({' '.join(spec.overrides)}) {outcome.state}: {outcome.error} "
+            f"(details above; `nrun status {sweep_id}`)")
+
+
+def _drop_unused_sweep_dir(configured: Any, launch_dir: str) -> None:
+    """Hydra writes multirun.yaml into the sweep dir before it calls the launcher; a sweep that
+    never ran (a dry run, a refused submission) leaves that dir with nothing else in it. Remove
+    it then, and the parents that are left empty (Hydra made them), never the launch dir nor
+    anything outside it; a dir holding anything more is left alone."""
+    try:
+        top = os.path.abspath(os.path.join(launch_dir, str(configured)))
+    except Exception:  # the dir's name does not resolve: nothing we can safely touch
+        return
+    if not os.path.isdir(top):
+        return
+    for root, _dirs, files in os.walk(top):
+        if any(not (root == top and f == "multirun.yaml") for f in files):
+            return
+    try:
+        if os.path.exists(os.path.join(top, "multirun.yaml")):
+            os.unlink(os.path.join(top, "multirun.yaml"))
+        for root, _dirs, _files in sorted(os.walk(top), key=lambda t: -len(t[0])):
+            os.rmdir(root)
+        parent, stop = os.path.dirname(top), os.path.abspath(launch_dir)
+        while parent.startswith(stop + os.sep) and not os.listdir(parent):
+            os.rmdir(parent)
+            parent = os.path.dirname(parent)
+    except OSError:
+        pass
 
 
 def _plain(options: Mapping[str, Any]) -> Dict[str, Any]:

@@ -107,6 +107,6 @@ def test_the_table_ends_with_the_counts_and_the_failures(home, tmp_path):
     assert proc.returncode != 0
     table = proc.stderr.split("did not complete")[0]
     assert re.search(r"nrun sweep \S+\s+completed 50\s+failed 50", table)
-    shown = re.findall(r"│\s*(\d+)\s*│[^│]*│\s*(\w+)\s*│", table)
+    shown = re.findall(r"│\s*(\d+)\s*│(?:[^│\n]*│){2}\s*(\w+)\s*│", table)  # #, x, action, state
     assert len(shown) == 24 and {state for _, state in shown} == {"FAILED"}
     assert "... and 76 more" in table
