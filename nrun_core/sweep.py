@@ -112,7 +112,7 @@ class Sweep:
         schema = registry.load(self.entry.schema)
         opts.check(o, schema)
         self._stream = livelogs.wanted(o.get("stream", "auto"), len(job_overrides), o.get("wait", True))
-        wrappers.validate(o.get("launcher"))
+        wrappers.validate(o.get("launcher"), registry.load(self.entry.executor), self.entry.option)
         self._check_sweeper(o)
         typed = opts.typed(schema, o)
         self._secret = opts.secret_names(o)

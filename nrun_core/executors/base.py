@@ -126,6 +126,9 @@ class Executor(ABC):
     sees_launcher_files: bool = True
     # Submit in the launcher before detaching (a refused request fails the command itself).
     start_before_detach: bool = False
+    # `nrun/launcher=...` options this executor can run (checked at config time, nrun_core.wrappers).
+    # ft_launcher takes torchrun's argv and PET_* variables unchanged: wherever torchrun runs, ft does.
+    launchers: frozenset = frozenset({"direct", "torchrun", "ft"})
     control_class: type = Control
 
     def __init__(self, options: Any, ctx: SweepContext) -> None:

@@ -149,7 +149,7 @@ def check_options(conf: Any) -> None:
         raise ConfigError(f"hydra.launcher.working_dir={wd!r}: must be an absolute path in the container")
     nodes = int(conf.nodes)
     if nodes > 1:
-        if (conf.launcher or {}).get("name", "direct") != "torchrun":
+        if (conf.launcher or {}).get("name", "direct") not in wrappers.ELASTIC:
             raise ConfigError(f"hydra.launcher.nodes={nodes} starts one container per node; they need "
                               "a launcher to cooperate: add nrun/launcher=torchrun")
         net = conf.network

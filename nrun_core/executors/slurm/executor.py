@@ -45,6 +45,7 @@ POLL_INTERVAL_S = 1.0
 PACK_SCAN_S = 0.2           # how often running packs' point records are read between squeue calls
 MAX_AUTO_PACK = 100         # at most this many points per array task when packing automatically
 LOST_AFTER_S = 120.0        # a task neither squeue nor sacct has heard of this long after submission
+REQUEUE_SETTLE_S = 3.0      # ft requeue: time for the first run's processes to leave before the next
 EXIT_CODE_WAIT_S = 5.0      # sacct lags squeue: how long to wait for a crashed task's exit code
 
 
@@ -61,12 +62,17 @@ class _Task:
     timing_out: bool = False                # nrun cancelled it at timeout_s
     task_id: str = ""                       # the Slurm array task running it (its pack's, if packed)
     packed: bool = False                    # one of several points of its array task (runtime/pack.py)
+    held_since: Optional[float] = None      # monotonic, when squeue first said requeued and held
 
 
 class SlurmExecutor(Executor):
     name = "slurm"
     start_before_detach = True  # sbatch runs in the launcher: a refused request fails the command
     control_class = SlurmControl
+    # ray: a Ray cluster inside the point's allocation (runtime/ray_node.py); the other executors
+    # have no allocation to start it in.
+    launchers = Executor.launchers | {"ray"}
+    requeues = True  # ft's max_retries: the job requeues itself (task.py)
 
     def __init__(self, options: Any, ctx: Any) -> None:
         super().__init__(options, ctx)
@@ -170,13 +176,21 @@ class SlurmExecutor(Executor):
             where = Placement(python=task.get("python") or plan.python, runtime=runtime, code_dir=task["code_dir"])
             lines.append(f"#   {i}: point #{spec.index} {' '.join(spec.overrides)}\n#      {how}: "
                          f"{join(where.argv(spec))}\n#      cwd: {where.workdir(spec)}\n#      logs: {spec.stdout}")
-        if specs and plan.params["nodes"] * plan.params["ntasks_per_node"] > 1:
+        launcher = specs[0].launcher if specs and not packed else "direct"
+        if launcher == "ray":
+            lines += _ray_lines(plan, specs[0])
+        elif specs and plan.params["nodes"] * plan.params["ntasks_per_node"] > 1:
             port = f"{plan.tasks[0]['rdzv_port']}+SLURM_JOB_ID%1000"
             lines.append("#   on each Slurm task: " + (
-                f"PET_NODE_RANK=$SLURM_NODEID PET_RDZV_ENDPOINT=<first node>:{port} (torchrun)"
-                if specs[0].launcher == "torchrun" else
+                f"PET_NODE_RANK=$SLURM_NODEID PET_RDZV_ENDPOINT=<first node>:{port} ({launcher})"
+                if launcher in ("torchrun", "ft") else
                 f"RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS "
                 f"MASTER_ADDR=<first node> MASTER_PORT={port}"))
+        retries = int(((plan.tasks[0].get("launcher") or {}) if plan.tasks else {}).get("max_retries") or 0)
+        if launcher == "ft" and retries:
+            lines.append(f"# ft requeue loop: a point still failing after max_restarts requeues its own job "
+                         f"(task 0: scontrol requeue $SLURM_JOB_ID; same Slurm id), at most {retries} time(s) "
+                         "(hydra.launcher.launcher.max_retries; count in <nrun dir>/ft-requeues.<id>)")
         # Secret-looking names are not in a spec's env: the sweep passes them like secret_env.
         env = "".join(f"#   {k}={v}\n"
                       for k, v in sorted((specs[0].env if specs else {}).items()))
@@ -379,8 +393,9 @@ class SlurmExecutor(Executor):
                 tasks.append({"pack": {"specs": [_spec_dict(s) for s in specs[i:i + size]],
                                        "code_dirs": code_dirs[i:i + size], "python": command_python}})
         else:
+            extra = _launcher_task_settings(c.launcher)
             tasks = [{"spec": _spec_dict(spec), "mode": mode, "code_dir": code_dir, "python": command_python,
-                      "rdzv_port": layout_port, "requeue": requeue}
+                      "rdzv_port": layout_port, "requeue": requeue, **extra}
                      for spec, mode, code_dir in zip(specs, modes, code_dirs)]
         mounts = _outermost([root, folder.split("%j")[0], *dict.fromkeys(code_dirs),
                              os.path.dirname(runtime_file()), *self.ctx.host_dirs])
@@ -514,6 +529,8 @@ class SlurmExecutor(Executor):
                 continue
             if st is not None and st.state == "RUNNING":
                 self._running(t, now)
+            elif st is not None and st.state == "PENDING" and st.reason == "BeginTime" and t.running_since:
+                self._lift_requeue_hold(t, now)
             if st is None:
                 unknown.append(t)
             elif not st.live:
@@ -617,6 +634,23 @@ class SlurmExecutor(Executor):
                 self._warn(f"timeout-{t.backend_id}", f"[nrun] slurm: scancel {t.backend_id} at timeout_s failed: "
                                                       f"{(out.stderr or out.stdout).strip()}")
 
+    def _lift_requeue_hold(self, t: _Task, now: float) -> None:
+        """A point that ran is pending again: requeued (ft's max_retries, or by hand). Slurm holds
+        a requeued job 120 s; ft's own requeues are bounded by max_retries, so they start soon:
+        once the first run's processes had REQUEUE_SETTLE_S to leave the node (a run started
+        while they exit can fail)."""
+        launcher = self.opts.launcher or {}
+        if launcher.get("name") != "ft" or not launcher.get("max_retries"):
+            return
+        t.held_since = t.held_since or now
+        if now - t.held_since < REQUEUE_SETTLE_S:
+            return
+        t.held_since = None
+        out = self.site.run(["scontrol", "update", f"JobId={t.task_id}", "StartTime=now"])
+        if out.returncode != 0:
+            self._warn(f"hold-{t.task_id}", f"[nrun] slurm: could not lift the requeue hold of {t.task_id} "
+                                            f"(it starts in 2 minutes): {(out.stderr or out.stdout).strip()}")
+
     def _wants_exit_code(self, t: _Task, st: slurm_state.TaskState) -> bool:
         return st.state not in ("COMPLETED", "CANCELLED") and not os.path.exists(t.spec.result_file)
 
@@ -707,6 +741,54 @@ def _refusal(message: str) -> str:
     where = [setting for key, setting in _HINTS if key in low]
     hint = f"check {', '.join(where)}" if where else "check the hydra.launcher settings (dry run: hydra.launcher.dry_run=true)"
     return f"Slurm refused the sweep's request (sbatch --test-only): {message}; {hint}. Nothing was submitted."
+
+
+def _ray_lines(plan: Any, spec: JobSpec) -> List[str]:
+    """The dry run's view of a Ray-on-Slurm point: every node's exact ``ray start``."""
+    from nrun_core import wrappers
+    from nrun_core.runtime import ray_node
+
+    task = plan.tasks[0]
+    cfg = task.get("launcher") or {}
+    nodes = int(plan.params["nodes"])
+    python = task.get("python") or plan.python
+    head = "<first node>:<P of node 0>"
+    tmp = ray_node.temp_dir("$SLURM_JOB_ID", "$SLURM_NODEID")  # type: ignore[arg-type]
+    gpus = "$SLURM_GPUS_ON_NODE" if plan.params.get("gpus_per_node") else None
+    argv = {role: _shown(wrappers.ray_start_argv(python, cfg, head=role == "head", block="$P", head_address=head,
+                                                 temp_dir=tmp, num_cpus="$SLURM_CPUS_ON_NODE",  # type: ignore[arg-type]
+                                                 num_gpus=gpus))  # type: ignore[arg-type]
+            for role in ("head", "worker")}
+    stop = ray_node.stop_file(spec.nrun_dir, "$SLURM_JOB_ID")  # type: ignore[arg-type]
+    out = [f"# nrun/launcher=ray: every Slurm task is one Ray node (nrun_core/runtime/ray_node.py); "
+           f"its ports: {wrappers.ray_block_formula(cfg, nodes)}",
+           f"#   node 0 (head): {argv['head']}",
+           f"#     once {nodes} node(s) joined (start_timeout_s={wrappers.ray_conf(cfg)['start_timeout_s']}): "
+           f"the point above runs as the Ray driver, RAY_ADDRESS={head}"]
+    if nodes > 1:
+        out += [f"#   nodes 1..{nodes - 1}: {argv['worker']}",
+                f"#     until the head writes {stop}"]
+    out.append(f"#   at the end: SIGTERM to each node's `ray start --block`, SIGKILL of its process group "
+               f"after {ray_node.STOP_GRACE_S:.0f} s (on scancel: at once), then anything else the task started")
+    return out
+
+
+def _shown(argv: List[str]) -> str:
+    """A command with shell variables in it, as a shell would take it ($P left unquoted)."""
+    import shlex
+
+    return " ".join(w if "$" in w else shlex.quote(w) for w in argv)
+
+
+def _launcher_task_settings(launcher: Any) -> Dict[str, Any]:
+    """The nrun/launcher settings a Slurm task reads itself (ray's ports, ft's max_retries), as
+    plain data for PointTask; none for the launchers that are all in the command."""
+    if (launcher or {}).get("name", "direct") not in ("ray", "ft"):
+        return {}
+    from omegaconf import DictConfig, OmegaConf
+
+    plain = OmegaConf.to_container(launcher, resolve=True) if isinstance(launcher, DictConfig) else dict(launcher)
+    return {"launcher": plain}
 
 
 def _spec_dict(spec: JobSpec) -> Dict[str, Any]:

@@ -97,10 +97,14 @@ def check(conf: Any) -> None:
         raise ConfigError("hydra.launcher.container_image needs srun (pyxis adds its flags to srun); "
                           "set use_srun=true (or null)")
     launcher = (conf.launcher or {}).get("name", "direct")
-    if launcher == "torchrun" and tasks > 1:
-        raise ConfigError(f"hydra.launcher.ntasks_per_node={tasks} with nrun/launcher=torchrun: torchrun "
+    if launcher in ("torchrun", "ft") and tasks > 1:
+        raise ConfigError(f"hydra.launcher.ntasks_per_node={tasks} with nrun/launcher={launcher}: {launcher} "
                           "starts the workers of a node itself; keep ntasks_per_node=1 and set "
                           "hydra.launcher.launcher.nproc_per_node (or gpus_per_node)")
+    if launcher == "ray" and tasks > 1:
+        raise ConfigError(f"hydra.launcher.ntasks_per_node={tasks} with nrun/launcher=ray: one Ray node per "
+                          "Slurm node runs all of that node's Ray tasks; keep ntasks_per_node=1 (give Ray "
+                          "the node's CPUs with cpus_per_task, or hydra.launcher.launcher.num_cpus)")
     if conf.gres and conf.gpus_per_node:
         raise ConfigError("hydra.launcher.gres and gpus_per_node both ask for GPUs; set one of them")
 

@@ -9,6 +9,8 @@ point's job dir, run by the point runtime, in one of two ways:
   composition, the task function the launcher was given.
 - command: ``python nrun_point.py PAYLOAD`` (or its torchrun-wrapped form) as a child process; on
   several nodes or tasks, each Slurm task starts it with its rank and rendezvous variables.
+- ray (``nrun/launcher=ray``): each Slurm task is one node of the point's Ray cluster
+  (``nrun_core.runtime.ray_node``); the first runs the command as the Ray driver.
 
 Either way the point's stdout/stderr go to its job dir, hydra.job.id is the Slurm id
 (``<array>_<task>``), and a failed point makes the Slurm task fail (so ``afterok`` means what it
@@ -39,9 +41,11 @@ class PointTask:
     """A picklable, checkpointable callable: submitit requeues it on preemption or timeout."""
 
     def __init__(self, spec: Dict[str, Any], *, mode: str, code_dir: str, python: Optional[str] = None,
-                 rdzv_port: int = 29500, requeue: bool = False) -> None:
+                 rdzv_port: int = 29500, requeue: bool = False,
+                 launcher: Optional[Dict[str, Any]] = None) -> None:
         self.spec, self.mode, self.code_dir = spec, mode, code_dir
         self.python, self.rdzv_port, self.requeue = python, rdzv_port, requeue
+        self.launcher = launcher  # the nrun/launcher settings a task needs (ray, ft): plain data
 
     def __call__(self) -> int:
         spec = JobSpec(**self.spec)
@@ -56,11 +60,15 @@ class PointTask:
             if self.mode == "inprocess":
                 code = run_in_process(spec)
             else:
-                code = run_command(spec, where, job_id, rdzv_port=self.rdzv_port)
+                code = run_command(spec, where, job_id, rdzv_port=self.rdzv_port, launcher=self.launcher)
         except Exception as exc:  # the point could not even start: say why in its result file
             if _rank() == 0 and read_result(spec.result_file, expect=spec.identity) is None:
                 write_result(spec.result_file, status=FAILED, error=exc, ident=spec.identity)
             raise
+        if code != 0 and spec.launcher == "ft":
+            from nrun_core.executors.slurm.ftrequeue import requeue
+
+            requeue(spec, self.launcher, job_id, code)  # returns only if the job is not requeued
         if code != 0:
             raise PointError(f"point #{spec.index} failed ({_describe(code)}); logs: {spec.stdout} {spec.stderr}")
         return code
@@ -102,13 +110,23 @@ def _describe(code: int) -> str:
 
 
 # -- command ------------------------------------------------------------------------------
-def run_command(spec: JobSpec, where: Placement, job_id: str, *, rdzv_port: int) -> int:
+def run_command(spec: JobSpec, where: Placement, job_id: str, *, rdzv_port: int,
+                launcher: Optional[Dict[str, Any]] = None) -> int:
     argv = where.argv(spec)
     rank = _rank()
     env = {**os.environ, **_rank_env(spec, job_id, rdzv_port)}
     suffix = "" if rank == 0 else f".rank{rank}"
     out = open(os.path.join(spec.job_dir, f"stdout{suffix}.log"), "ab")
     err = open(os.path.join(spec.job_dir, f"stderr{suffix}.log"), "ab")
+    if spec.launcher == "ray":  # this node's part of the point's Ray cluster
+        from nrun_core.runtime import ray_node
+
+        with out, err:
+            return ray_node.run(argv, env=env, cwd=where.workdir(spec), out=out, err=err, cfg=launcher,
+                                python=where.python, job=int(os.environ.get("SLURM_JOB_ID", "0") or 0),
+                                node=int(os.environ.get("SLURM_NODEID", "0") or 0),
+                                nnodes=int(os.environ.get("SLURM_NNODES", "1") or 1), head_host=_head_host(),
+                                nrun_dir=spec.nrun_dir, job_dir=spec.job_dir)
     with out, err:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
                                 cwd=where.workdir(spec), preexec_fn=_child_signals)
@@ -129,12 +147,12 @@ def _child_signals() -> None:
 def _rank_env(spec: JobSpec, job_id: str, rdzv_port: int) -> Dict[str, str]:
     """Per-task variables on several nodes/tasks: torchrun's PET_* or torch's RANK/MASTER_*."""
     ntasks = int(os.environ.get("SLURM_NTASKS", "1") or 1)
-    if ntasks <= 1:
+    if ntasks <= 1 or spec.launcher == "ray":  # Ray's nodes find the head by its port block
         return {}
     head = _head_host()
     port = str(rdzv_port + int(os.environ.get("SLURM_JOB_ID", "0") or 0) % 1000)
     node = os.environ.get("SLURM_NODEID", "0")
-    if spec.launcher == "torchrun":
+    if spec.launcher in ("torchrun", "ft"):
         env = {"PET_NODE_RANK": node, "PET_RDZV_ENDPOINT": f"{head}:{port}"}
         if "PET_RDZV_CONF" not in os.environ:  # exactly one agent hosts the rendezvous store
             env["PET_RDZV_CONF"] = f"is_host={'true' if node == '0' else 'false'}"

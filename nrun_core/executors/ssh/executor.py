@@ -298,7 +298,7 @@ class SshExecutor(QueuedExecutor):
             return {}
         lay = wrappers.layout(self.opts.launcher, nodes=spec.nodes, gpus_per_node=spec.gpus_per_node)
         port = lay.rdzv_port + spec.index % 1000
-        if spec.launcher == "torchrun":
+        if spec.launcher in wrappers.ELASTIC:  # torchrun, ft: the elastic agent reads PET_*
             env = {"PET_NODE_RANK": str(k), "PET_RDZV_ENDPOINT": f"{head.address}:{port}",
                    "PET_RDZV_CONF": f"is_host={'true' if k == 0 else 'false'}"}
             if (self.opts.container or {}).get("image"):
