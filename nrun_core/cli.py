@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK  (shell completion: `eval "$(nrun completion bash)"`)
 """`nrun`: follow, inspect and cancel sweeps from any shell; bring sandboxes up and down.
 
 Starts fast: it reads the SQLite store and imports a backend module only for the command that
@@ -18,7 +19,11 @@ from nrun_core.store import TERMINAL, Store
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    if argv is None:
+        from nrun_core.completion import autocomplete
+
+        autocomplete(parser)  # returns at once unless the shell asks for completions
+    args = parser.parse_args(_descending_sort(list(sys.argv[1:] if argv is None else argv)))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -33,37 +38,90 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose epilog is built only when help is printed (`epilog_from`): the
+    list of what is installed costs a directory listing and an entry-point scan, which every
+    other command skips."""
+
+    def __init__(self, *args: Any, epilog_from: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._epilog_from = epilog_from
+
+    def format_help(self) -> str:
+        if self._epilog_from is not None:
+            self.epilog = self._epilog_from()
+        return super().format_help()
+
+
+def _catalog_epilog() -> str:
+    from nrun_core.catalog import help_text
+
+    return help_text()
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nrun", description="Follow, inspect and cancel nrun sweeps.")
+    from nrun_core import completion
+    from nrun_core.sandbox import SANDBOXES
+
+    p = _Parser(prog="nrun", description="Follow, inspect and cancel nrun sweeps; look at their results.",
+                formatter_class=argparse.RawDescriptionHelpFormatter, epilog_from=_catalog_epilog)
     sub = p.add_subparsers(metavar="COMMAND")
+    sweep_help = "sweep id, id prefix, name, or 'last'"
 
     s = sub.add_parser("list", help="recent sweeps")
     s.add_argument("-n", type=int, default=20, help="how many (default 20)")
     s.set_defaults(func=cmd_list)
 
     s = sub.add_parser("status", help="state of every point of a sweep")
-    s.add_argument("sweep", nargs="?", default="last", help="sweep id, id prefix, name, or 'last'")
+    s.add_argument("sweep", nargs="?", default="last", help=sweep_help).completer = completion.sweeps
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)
 
     s = sub.add_parser("logs", help="a point's stdout/stderr (all points if none given)")
-    s.add_argument("sweep")
-    s.add_argument("point", nargs="?", type=int)
+    s.add_argument("sweep", help=sweep_help).completer = completion.sweeps
+    s.add_argument("point", nargs="?", type=int).completer = completion.points
     s.add_argument("-f", "--follow", action="store_true", help="keep printing until the point(s) end")
     s.add_argument("--stderr", action="store_true", help="stderr instead of stdout")
     s.set_defaults(func=cmd_logs)
 
     s = sub.add_parser("cancel", help="cancel a sweep, or some of its points")
-    s.add_argument("sweep")
-    s.add_argument("points", nargs="*", type=int)
+    s.add_argument("sweep", help=sweep_help).completer = completion.sweeps
+    s.add_argument("points", nargs="*", type=int).completer = completion.points
     s.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the points to stop")
     s.set_defaults(func=cmd_cancel)
 
     s = sub.add_parser("show", help="resolved launcher config, artifact, and each point's command")
-    s.add_argument("sweep")
-    s.add_argument("point", nargs="?", type=int)
+    s.add_argument("sweep", help=sweep_help).completer = completion.sweeps
+    s.add_argument("point", nargs="?", type=int).completer = completion.points
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_show)
+
+    s = sub.add_parser("results", help="a sweep's swept parameters against what each point returned",
+                       description="One row per point: the parameters that differ between points, the "
+                                   "value it returned (a flat dict: one column per key), its state, wall "
+                                   "time and what it used. Sortable; exported as CSV or JSON.")
+    s.add_argument("sweep", nargs="?", default="last", help=sweep_help).completer = completion.sweeps
+    s.add_argument("--sort", metavar="COLUMN", help="sort by this column, '-COLUMN' descending "
+                   "(e.g. --sort -value, --sort lr); numbers sort as numbers").completer = completion.columns
+    s.add_argument("--format", choices=["table", "csv", "json"],
+                   help="default: table, or what -o's suffix says (.csv, .json)")
+    s.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of the terminal")
+    s.set_defaults(func=cmd_results)
+
+    s = sub.add_parser("plot", help="PNG: value against each swept parameter, and a timeline of the points",
+                       description="Needs matplotlib: pip install 'hydra-nrun[plot]'. The timeline shows "
+                                   "each point waiting (light) and running (solid), colored by where it ran.")
+    s.add_argument("sweep", nargs="?", default="last", help=sweep_help).completer = completion.sweeps
+    s.add_argument("-o", "--output", metavar="FILE", help="PNG to write (default: nrun-SWEEP_ID.png here)")
+    s.add_argument("--value", metavar="COLUMN", help="the returned value to plot (a dict return's key; "
+                   "default: the first numeric one)").completer = completion.columns
+    s.set_defaults(func=cmd_plot)
+
+    s = sub.add_parser("completion", help="print the shell hook that completes nrun (sweep ids, points)",
+                       description="Add to your shell's rc file: eval \"$(nrun completion bash)\" (or zsh, "
+                                   "fish). Same as argcomplete's `register-python-argcomplete nrun`.")
+    s.add_argument("shell", choices=list(completion.SHELLS))
+    s.set_defaults(func=cmd_completion)
 
     s = sub.add_parser("gc", help="remove old sweeps' records, artifacts, snapshots and runtime copies",
                        description="Keeps every live sweep, the sweeps the policy keeps (the newest N, and "
@@ -75,8 +133,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true", help="print what would be removed and the bytes freed")
     s.set_defaults(func=cmd_gc)
 
-    s = sub.add_parser("sandbox", help="a real backend on this machine: slurm, docker")
-    s.add_argument("name")
+    boxes = sorted(SANDBOXES)
+    s = sub.add_parser("sandbox", help=f"a real backend on this machine: {', '.join(boxes)}",
+                       description=f"Bring up a real backend on this machine for trying nrun, tests and CI. "
+                                   f"Sandboxes: {', '.join(boxes)}.")
+    s.add_argument("name", choices=boxes, metavar="NAME", help=f"one of: {', '.join(boxes)}")
     s.add_argument("action", choices=["up", "down", "status", "env"])
     s.add_argument("--purge", action="store_true", help="with down: also delete the sandbox's state")
     s.set_defaults(func=cmd_sandbox)
@@ -220,6 +281,61 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_results(args: argparse.Namespace) -> int:
+    from nrun_core import results, termfit
+
+    store = Store(create=False)
+    sw = _fresh(store, store.sweep(args.sweep))
+    res = results.load(store, sw)
+    if args.sort:
+        results.sort(res, args.sort)
+    fmt = results.format_for(args.output, args.format)
+    if args.output:
+        try:
+            with open(args.output, "w", newline="") as f:
+                results.write(res, fmt, f)
+        except OSError as exc:
+            raise NrunError(f"nrun results: cannot write -o {args.output}: {exc.strerror}; "
+                            "give a path in a directory you can write") from None
+        print(f"wrote {len(res.rows)} point(s) of sweep {sw['id']} as {fmt} to {args.output}", file=sys.stderr)
+        return 0
+    if fmt == "table":
+        swept = ", ".join(res.params) or "nothing (all points alike)"
+        width = results.terminal_width()
+        line = (f"sweep {sw['id']}  {sw['name'] or ''}  executor={sw['executor']}  state={sw['state']}  "
+                f"swept: {swept}")
+        print(termfit.fit(line, width))
+        results.write(res, fmt, sys.stdout, width)
+    else:
+        results.write(res, fmt, sys.stdout)
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from nrun_core import plot, results
+
+    plot.matplotlib_pyplot()  # the missing extra is named before anything else is read
+    store = Store(create=False)
+    sw = _fresh(store, store.sweep(args.sweep))
+    res = results.load(store, sw)
+    out = args.output or f"nrun-{sw['id']}.png"
+    fig = plot.figure(store, sw, res, args.value)
+    try:
+        plot.save(fig, out)
+    except OSError as exc:
+        raise NrunError(f"nrun plot: cannot write -o {out}: {exc.strerror}; give a path in a directory "
+                        "you can write") from None
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from nrun_core.completion import shell_hook
+
+    sys.stdout.write(shell_hook(args.shell))
+    return 0
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
     from nrun_core import gc
     from nrun_core.paths import nrun_home
@@ -282,6 +398,22 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
 
 # -- helpers ------------------------------------------------------------------------------
+def _descending_sort(argv: List[str]) -> List[str]:
+    """`--sort -value` as `--sort=-value`: argparse would take '-value' for an option."""
+    out: List[str] = []
+    it = iter(argv)
+    for a in it:
+        if a == "--":
+            out += [a, *it]
+            break
+        if a == "--sort":
+            nxt = next(it, None)
+            out.append(a if nxt is None else f"--sort={nxt}")
+            continue
+        out.append(a)
+    return out
+
+
 def _usage_cells(usage: Optional[Dict[str, Any]]) -> List[str]:
     """WALL, CPU and PEAK RSS of a point (GPU memory appended to RSS where known); blanks if
     the point reported nothing (not ended yet, or an older nrun)."""
@@ -375,9 +507,14 @@ def _ago(t: Optional[float]) -> str:
 
 
 def _table(header: List[str], rows: List[List[str]]) -> None:
+    """Columns padded to their widest cell; on a terminal each line is cut to its width (the
+    last columns, result or error, lose their end) rather than wrapped across lines."""
+    from nrun_core import termfit
+
+    columns = termfit.width(sys.stdout, env_too=False)
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
     for row in [header, *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+        print(termfit.fit("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip(), columns))
 
 
 if __name__ == "__main__":
