@@ -51,6 +51,12 @@ BUILTIN = (
     # Hosts see nothing of this machine: ship the code.
     ExecutorEntry("nrun_ssh", "nrun_core.conf:SshConf", "nrun_core.executors.ssh.executor:SshExecutor",
                   default_packager="workdir", name="ssh"),
+    # Cloud jobs see only their shared storage: ship the code there.
+    ExecutorEntry("nrun_lepton", "nrun_core.executors.lepton.options:LeptonConf",
+                  "nrun_core.executors.lepton.executor:LeptonExecutor", default_packager="workdir", name="lepton"),
+    ExecutorEntry("nrun_dgxcloud", "nrun_core.executors.dgxcloud.options:DgxCloudConf",
+                  "nrun_core.executors.dgxcloud.executor:DgxCloudExecutor", default_packager="workdir",
+                  name="dgxcloud"),
 )
 
 _plugins: Optional[Dict[str, ExecutorEntry]] = None

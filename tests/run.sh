@@ -28,7 +28,8 @@ python -c 'import hydra_plugins.nrun_launcher, nrun_core.cli, nrun_example_execu
 
 # The Docker sandbox also builds its cached torch image (the multi-node torchrun tests need it).
 export NRUN_SANDBOX_TORCH="${NRUN_SANDBOX_TORCH:-1}"
-require=torch,executor-plugin
+# lepton, dgxcloud: their vendor SDKs (test extras) against the fakes in tests/fakes, jobs on Docker.
+require=torch,executor-plugin,lepton,dgxcloud
 for box in ${NRUN_SANDBOXES:-slurm docker ssh}; do
     echo "--- nrun sandbox $box up"
     start=$(date +%s)

@@ -1,0 +1,186 @@
+"""nrun_dgxcloud end to end against the fake Run:ai API (tests/fakes/runai_api.py); the fake's
+workloads run as containers on the Docker sandbox.
+
+What a user checks: values come back from workloads that really ran; cancel uses the documented
+POST .../suspend, then DELETE; the client secret and tokens reach no file or terminal; a wrong
+secret is a clear error naming the variable; the token is fetched once and renewed on expiry,
+not per status call; only retryable errors are retried; a vanished workload is a lost point.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from cloud_fixtures import RUNAI_CLIENT, RUNAI_PROJECT, cloud_fakes, dgx_env  # noqa: F401
+from docker_fixtures import docker_sandbox  # noqa: F401
+from conftest import PYTHON, make_project, nrun, states, status_json, wait_for
+from nrun_core.errors import BackendError, ConfigError
+
+
+@pytest.fixture
+def proj(tmp_path: Path) -> Path:
+    return make_project(tmp_path)
+
+
+def sweep(fakes, proj: Path, *args: str, env=None, timeout: float = 300, wait: bool = True):
+    cmd = [PYTHON, "sweep_app.py", "-m", *fakes.args("dgxcloud"), "hydra.launcher.progress=lines", *args,
+           f"hydra.sweep.dir={proj.parent}/multirun"]
+    full = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    if not wait:
+        return subprocess.Popen(cmd, cwd=proj, env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, cwd=proj, env=full, capture_output=True, text=True, timeout=timeout)
+
+
+def client(fakes):
+    from nrun_core.executors.dgxcloud.api import RunAI
+
+    return RunAI(SimpleNamespace(base_url=None, client_id=RUNAI_CLIENT, client_secret_env="RUNAI_CLIENT_SECRET",
+                                 request_timeout_s=10.0))
+
+
+def _state(idx: int):
+    try:
+        return states().get(idx)
+    except (AssertionError, ValueError):
+        return None
+
+
+def test_three_points_return_real_values_and_no_secret_leaks(dgx_env, proj, home, tmp_path):
+    fake = dgx_env.runai
+    start = len(fake.calls)
+    proc = sweep(dgx_env, proj, "x=1,2,3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    points = status_json()["points"]
+    assert [p["state"] for p in points] == ["COMPLETED"] * 3
+    assert ["'square': 1" in points[0]["value_repr"], "'square': 9" in points[2]["value_repr"]] == [True, True]
+    calls = fake.calls[start:]
+    assert sum(c.method == "POST" and c.path.endswith("/workloads/trainings") for c in calls) == 3
+    assert sum(c.method == "DELETE" for c in calls) == 3
+    assert sum(c.path.endswith("/token") for c in calls) == 1                   # one token for the whole sweep
+    assert "point x=2" in (tmp_path / "multirun" / "1" / "stdout.log").read_text()
+    secret = os.environ["RUNAI_CLIENT_SECRET"]
+    with fake.lock:
+        tokens = [t.encode() for t in fake.tokens]                             # every token the fake issued
+    for path in [*home.rglob("*"), *(tmp_path / "multirun").rglob("*")]:
+        if path.is_file():
+            data = path.read_bytes()
+            assert secret.encode() not in data and not any(t in data for t in tokens), path
+    assert secret not in proc.stdout + proc.stderr + nrun("show", "last", "--json").stdout
+
+
+def test_cancel_suspends_with_post_then_deletes(dgx_env, proj, home):
+    fake = dgx_env.runai
+    start = len(fake.calls)
+    proc = sweep(dgx_env, proj, "x=1,2", "action=sleep", "seconds=300", "hydra.launcher.wait=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    wait_for(lambda: set(states().values()) == {"RUNNING"}, timeout=180)
+    sid = status_json()["sweep"]["id"]
+    out = nrun("cancel", "last", timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    wait_for(lambda: set(states().values()) == {"CANCELLED"}, timeout=90)
+    calls = fake.calls[start:]
+    suspends = [c for c in calls if c.path.endswith("/suspend")]
+    assert len(suspends) >= 2 and {c.method for c in suspends} == {"POST"} and all(c.status == 202 for c in suspends)
+    assert sum(c.method == "DELETE" for c in calls) >= 2
+    wait_for(lambda: not dgx_env.live_containers(sid), timeout=60)
+
+
+def test_wrong_secret_is_an_auth_error_naming_the_variable(dgx_env, proj, home, monkeypatch):
+    fake = dgx_env.runai
+    before = len(fake.calls_matching("POST", r"/workloads/"))
+    monkeypatch.setenv("RUNAI_CLIENT_SECRET", "not-the-secret")
+    proc = sweep(dgx_env, proj, "x=1")
+    assert proc.returncode != 0
+    assert "401" in proc.stderr and "RUNAI_CLIENT_SECRET" in proc.stderr and "Fix:" in proc.stderr
+    assert "Traceback" not in proc.stderr and "not-the-secret" not in proc.stderr
+    assert len(fake.calls_matching("POST", r"/workloads/")) == before
+
+
+def test_token_is_cached_and_renewed_once_it_expires(dgx_env):
+    fake, api = dgx_env.runai, client(dgx_env)
+    try:
+        assert api.project(RUNAI_PROJECT)[0]
+        for _ in range(5):
+            api.request("GET", "/workloads?offset=0&limit=5")
+        assert api.token_fetches == 1                                       # not one per call
+        fake.expire_tokens()                                                # the server stops honouring it
+        api.request("GET", "/workloads?offset=0&limit=5")
+        assert api.token_fetches == 2                                       # renewed on the 401, once
+    finally:
+        api.close()
+
+
+def test_only_retryable_errors_are_retried(dgx_env):
+    fake, api = dgx_env.runai, client(dgx_env)
+    try:
+        n = len(fake.calls_matching("GET", r"/workloads$"))
+        fake.fail_next("GET", r"/workloads$", 503, count=2)
+        assert "workloads" in api.request("GET", "/workloads?offset=0&limit=5")   # 503, 503, then 200
+        assert len(fake.calls_matching("GET", r"/workloads$")) == n + 3
+        fake.fail_next("GET", r"/workloads$", 400, count=1)
+        with pytest.raises(BackendError, match="400"):
+            api.request("GET", "/workloads?offset=0&limit=5")
+        assert len(fake.calls_matching("GET", r"/workloads$")) == n + 4         # a 400 is not retried
+        with pytest.raises(ConfigError, match="no such Run:ai project"):
+            api._project = None
+            api.project("no-such-project")
+    finally:
+        api.close()
+
+
+def test_a_workload_deleted_behind_nrun_is_a_lost_point(dgx_env, proj, home):
+    fake = dgx_env.runai
+    launcher = sweep(dgx_env, proj, "x=1", "action=ok,sleep", "seconds=300", wait=False)
+    try:
+        wait_for(lambda: _state(1) == "RUNNING", timeout=180)
+        wid = status_json()["points"][1]["backend_id"].split("/", 1)[1]
+        with fake.lock:
+            fake.workloads.pop(wid)
+            reps = fake.replicas.pop(wid)
+        fake.docker.remove(reps)
+        out, err = launcher.communicate(timeout=120)
+    finally:
+        launcher.kill()
+    assert launcher.returncode != 0 and "Traceback" not in err
+    assert states() == {0: "COMPLETED", 1: "LOST"}
+    assert "vanished" in status_json()["points"][1]["error"]
+
+
+def test_twenty_points_cost_a_bounded_number_of_api_calls(dgx_env, proj, home):
+    """Per point: one create, a few status polls (backoff), one delete; one token per sweep."""
+    fake = dgx_env.runai
+    start = len(fake.calls)
+    fake.peak_jobs = 0
+    proc = sweep(dgx_env, proj, "x=range(20)", "hydra.launcher.max_parallel=10")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert set(states().values()) == {"COMPLETED"}
+    calls = fake.calls[start:]
+    creates = [c for c in calls if c.method == "POST" and c.path.endswith("/workloads/trainings")]
+    gets = [c for c in calls if c.method == "GET" and "/workloads/trainings/" in c.path]
+    deletes = [c for c in calls if c.method == "DELETE"]
+    tokens = [c for c in calls if c.path.endswith("/token")]
+    per_point: dict = {}
+    for c in gets:
+        per_point[c.path] = per_point.get(c.path, 0) + 1
+    report = {"creates": len(creates), "status_gets": len(gets), "deletes": len(deletes), "tokens": len(tokens),
+              "max_gets_per_point": max(per_point.values()), "calls_per_point": round(len(calls) / 20, 2),
+              "peak_jobs": fake.peak_jobs}
+    print("dgxcloud 20-point sweep API calls:", json.dumps(report))
+    assert len(creates) == 20 and len(deletes) == 20 and len(tokens) == 1
+    assert max(per_point.values()) <= 12
+    assert 2 <= fake.peak_jobs <= 10                                       # one job per point, max_parallel=10
+    assert len(calls) <= 20 * 14 + 5
+
+
+def test_a_command_that_cannot_start_is_explained(dgx_env, proj, home):
+    """No result from the point: the failure quotes the end of its stderr on the shared storage."""
+    proc = sweep(dgx_env, proj, "x=1", "hydra.launcher.python=nosuchpython")
+    assert proc.returncode != 0
+    p = status_json()["points"][0]
+    assert p["state"] == "FAILED" and "nosuchpython: not found" in p["error"], p["error"]

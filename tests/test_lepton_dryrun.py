@@ -1,0 +1,111 @@
+"""nrun_lepton without a workspace: the dry run's job bodies (pinned by golden files, exactly as
+the leptonai SDK sends them) and setting errors caught before anything is submitted.
+
+Golden files: tests/golden/lepton_*.txt; paths, ids and digests are normalised. After an
+intended change, regenerate with NRUN_UPDATE_GOLDEN=1 and review the diff.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Dict, Optional
+
+import pytest
+
+from require import missing
+from conftest import PYTHON, ROOT, make_project, nrun
+
+GOLDEN = ROOT / "tests" / "golden"
+NOWHERE = {"LEPTON_WORKSPACE_ID": "ws-golden", "LEPTON_WORKSPACE_URL": "http://127.0.0.1:9/api/v2/workspaces/ws-golden",
+           "LEPTON_WORKSPACE_TOKEN": "golden-token-must-not-show"}
+
+
+@pytest.fixture
+def proj(tmp_path: Path) -> Path:
+    if importlib.util.find_spec("leptonai") is None:
+        missing("lepton", "leptonai is not installed: pip install -e '.[lepton]' (the test extras have it)")
+    return make_project(tmp_path)
+
+
+def launch(proj: Path, *args: str, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+    base = ["hydra/launcher=nrun_lepton", "hydra.launcher.image=nvcr.io/nvidia/pytorch:24.05-py3",
+            "hydra.launcher.storage=node-nfs:lepton-shared-fs", f"hydra.launcher.storage_dir={proj.parent}"]
+    return subprocess.run([PYTHON, "sweep_app.py", "-m", *base, *args, f"hydra.sweep.dir={proj.parent}/multirun"],
+                          cwd=proj, env={**os.environ, **NOWHERE, **(env or {})}, capture_output=True, text=True,
+                          timeout=120)
+
+
+def normalised(out: str, tmp_path: Path) -> str:
+    text = out[out.index("# nrun dry run"):]
+    text = text.replace(str(tmp_path), "<TMP>").replace(str(ROOT), "<ROOT>")
+    text = re.sub(r"\d{8}-\d{6}-[0-9a-f]{4}", "<SWEEP>", text)
+    text = re.sub(r"[0-9a-f]{64}", "<DIGEST>", text)
+    text = re.sub(r"runtime/[0-9a-f]{16}", "runtime/<RT>", text)
+    return re.sub(r"# artifact [0-9a-f]{16} ", "# artifact <DIGEST16> ", text)
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("NRUN_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"missing {path}; create it with NRUN_UPDATE_GOLDEN=1"
+    assert text == path.read_text(), f"dry run differs from {path} (NRUN_UPDATE_GOLDEN=1 to accept)"
+
+
+def test_dry_run_prints_the_exact_job_bodies(home, proj, tmp_path):
+    proc = launch(proj, "x=1,2", "hydra.launcher.dry_run=true", "hydra.launcher.resource_shape=gpu.8xh100-80gb",
+                  "hydra.launcher.gpus_per_node=8", "hydra.launcher.node_group=ng-1234",
+                  "hydra.launcher.allowed_nodes=[node-0,node-1]", "hydra.launcher.shared_memory_size=65536",
+                  "hydra.launcher.secret_env=[WANDB_API_KEY]", "+hydra.launcher.secret_refs.HF_TOKEN=my-hf-token",
+                  "hydra.launcher.image_pull_secrets=[ngc-pull]", "hydra.launcher.can_be_preempted=true",
+                  "hydra.launcher.priority_class=mid-4000", "+hydra.launcher.env.MODE=fast",
+                  env={"WANDB_API_KEY": "wandb-value-must-not-show"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "wandb-value-must-not-show" not in out and "golden-token-must-not-show" not in out
+    assert nrun("list").stdout.count("\n") <= 1                                     # nothing submitted or recorded
+    text = normalised(proc.stdout, tmp_path)
+    body = json.loads(text[text.index("{"): text.index("\n}\n") + 2])               # the first point's body parses
+    assert body["spec"]["affinity"] == {"allowed_dedicated_node_groups": ["ng-1234"],
+                                        "allowed_nodes_in_node_group": ["node-0", "node-1"]}
+    assert {"name": "WANDB_API_KEY", "value_from": {"secret_name_ref": "nrun-<SWEEP>-wandb-api-key"}} in body["spec"]["envs"]
+    check_golden("lepton_dry_run.txt", text)
+
+
+def test_dry_run_of_a_multi_node_point(home, proj, tmp_path):
+    proc = launch(proj, "x=1", "hydra.launcher.dry_run=true", "hydra.launcher.nodes=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = normalised(proc.stdout, tmp_path)
+    assert '"completions": 2' in text and '"parallelism": 2' in text and '"intra_job_communication": true' in text
+    check_golden("lepton_dry_run_two_nodes.txt", text)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["hydra.launcher.image=null"], "hydra.launcher.image is not set"),
+    (["hydra.launcher.storage=null"], "hydra.launcher.storage is not set"),
+    (["hydra.launcher.storage_dir=null"], "hydra.launcher.storage_dir is not set"),
+    (["hydra.launcher.nodes=2"], "does not run them yet"),
+    (["hydra.launcher.allowed_nodes=[n1]"], "set hydra.launcher.node_group"),
+    (["hydra.launcher.resource_shape=gpu.8xh100-80gb", "hydra.launcher.gpus_per_node=4"], "make them agree"),
+])
+def test_bad_settings_are_refused_naming_the_setting(home, proj, args, message):
+    proc = launch(proj, "x=1", *args)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_sweep_dir_off_the_shared_storage_is_refused(home, proj, tmp_path):
+    proc = launch(proj, "x=1", f"hydra.launcher.storage_dir={tmp_path}/elsewhere")
+    assert proc.returncode != 0
+    assert "is not under hydra.launcher.storage_dir" in proc.stderr and "hydra.sweep.dir=" in proc.stderr
+
+
+def test_a_missing_token_is_refused_naming_the_variable(home, proj):
+    proc = launch(proj, "x=1", "hydra.launcher.token_env=MY_LEPTON_TOKEN")
+    assert proc.returncode != 0 and "$MY_LEPTON_TOKEN is not set" in proc.stderr, proc.stderr[-2000:]
