@@ -5,10 +5,10 @@ from this shell's environment (never stored)."""
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Tuple
 
-from nrun_core.errors import NrunError
-from nrun_core.executors.base import ENDED, QUEUED, RUNNING, BackendState, Control
+from nrun_core.executors.base import ENDED, QUEUED, RUNNING
+from nrun_core.executors.cloudjob.control import JobControl
 
 # Run:ai phases → (nrun state, exit code); unknown words count as queued.
 PHASES = {
@@ -46,52 +46,20 @@ def client_for(conf: Dict[str, Any]) -> Any:
                                  request_timeout_s=conf.get("request_timeout_s") or 30.0))
 
 
-class DgxCloudControl(Control):
-    def __init__(self, sweep: Dict[str, Any]) -> None:
-        super().__init__(sweep)
-        self._api: Any = None
+class DgxCloudControl(JobControl):
+    noun = "Run:ai workload"
+    stop_method = "suspend"  # the documented POST .../suspend
 
-    def _client(self) -> Any:
-        if self._api is None:
-            self._api = client_for(dict(self.sweep.get("conf") or {}))
-        return self._api
+    def make_client(self) -> Any:
+        return client_for(dict(self.sweep.get("conf") or {}))
 
-    def describe(self, points: Sequence[Dict[str, Any]]) -> Dict[int, Optional[BackendState]]:
+    def ref(self, backend_id: str) -> Optional[Tuple[str, str]]:
+        return split_id(backend_id)
+
+    def state_of(self, workload: Any) -> Any:
+        return state_of(workload)
+
+    def gone_error(self) -> type:
         from nrun_core.executors.dgxcloud.api import Gone
 
-        out: Dict[int, Optional[BackendState]] = {}
-        for p in points:
-            ref = split_id(p.get("backend_id") or "")
-            if ref is None:
-                out[p["idx"]] = None
-                continue
-            try:
-                st = state_of(self._client().get(*ref))
-                out[p["idx"]] = BackendState(st.phase, exit_code=st.exit_code, detail=st.detail)
-            except Gone:
-                out[p["idx"]] = BackendState(ENDED, detail=f"Run:ai workload {ref[1]} is gone (404)")
-            except NrunError:
-                out[p["idx"]] = None
-        return out
-
-    def cancel(self, points: Sequence[Dict[str, Any]]) -> List[int]:
-        """Suspend (the documented POST), then delete each point's workload."""
-        stopped = []
-        for p in points:
-            ref = split_id(p.get("backend_id") or "")
-            if ref is None:
-                continue
-            try:
-                self._client().suspend(*ref)
-            except NrunError:
-                pass
-            try:
-                self._client().delete(*ref)
-                stopped.append(p["idx"])
-            except NrunError:
-                continue
-        return stopped
-
-    def close(self) -> None:
-        if self._api is not None:
-            self._api.close()
+        return Gone

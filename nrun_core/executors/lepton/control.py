@@ -5,10 +5,11 @@ environment (the token is never stored)."""
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 from nrun_core.errors import NrunError
-from nrun_core.executors.base import ENDED, QUEUED, RUNNING, BackendState, Control
+from nrun_core.executors.base import ENDED, QUEUED, RUNNING
+from nrun_core.executors.cloudjob.control import JobControl
 
 # Lepton job states → (nrun state, exit code); unknown words count as queued.
 STATES = {
@@ -32,60 +33,31 @@ def state_of(job: Any) -> Any:
     return RemoteState(phase, exit_code=code, detail=detail, raw=word)
 
 
-class LeptonControl(Control):
-    def __init__(self, sweep: Dict[str, Any]) -> None:
-        super().__init__(sweep)
-        self._api: Any = None
+class LeptonControl(JobControl):
+    noun = "Lepton job"
 
-    def _client(self) -> Any:
-        if self._api is None:
-            from nrun_core.executors.lepton.api import Lepton
+    def make_client(self) -> Any:
+        from nrun_core.executors.lepton.api import Lepton
 
-            conf = dict(self.sweep.get("conf") or {})
-            self._api = Lepton(SimpleNamespace(workspace_id=conf.get("workspace_id"),
-                                               workspace_url=conf.get("workspace_url"),
-                                               token_env=conf.get("token_env") or "LEPTON_WORKSPACE_TOKEN"))
-        return self._api
+        conf = dict(self.sweep.get("conf") or {})
+        return Lepton(SimpleNamespace(workspace_id=conf.get("workspace_id"),
+                                      workspace_url=conf.get("workspace_url"),
+                                      token_env=conf.get("token_env") or "LEPTON_WORKSPACE_TOKEN"))
 
-    def describe(self, points: Sequence[Dict[str, Any]]) -> Dict[int, Optional[BackendState]]:
+    def state_of(self, job: Any) -> Any:
+        return state_of(job)
+
+    def gone_error(self) -> type:
         from nrun_core.executors.lepton.api import Gone
 
-        out: Dict[int, Optional[BackendState]] = {}
-        for p in points:
-            jid = p.get("backend_id")
-            if not jid:
-                out[p["idx"]] = None
-                continue
-            try:
-                st = state_of(self._client().get(jid))
-                out[p["idx"]] = BackendState(st.phase, exit_code=st.exit_code, detail=st.detail)
-            except Gone:
-                out[p["idx"]] = BackendState(ENDED, detail=f"Lepton job {jid} is gone (404)")
-            except NrunError:
-                out[p["idx"]] = None
-        return out
+        return Gone
 
-    def cancel(self, points: Sequence[Dict[str, Any]]) -> List[int]:
-        """Stop then delete each point's job (deleting ends its replicas)."""
+    def after_cancel(self) -> None:
+        """The sweep's Lepton secrets (its `secret_env` values) go with its jobs."""
         from nrun_core.executors.lepton import spec as ls
 
-        stopped = []
-        for p in points:
-            jid = p.get("backend_id")
-            if not jid:
-                continue
-            try:
-                self._client().stop(jid)
-            except NrunError:
-                pass
-            try:
-                self._client().delete(jid)
-                stopped.append(p["idx"])
-            except NrunError:
-                continue
         for var in (self.sweep.get("conf") or {}).get("secret_env") or []:
             try:
                 self._client().delete_secret(ls.secret_name(self.sweep["id"], var))
             except NrunError:
                 pass
-        return stopped
