@@ -176,13 +176,37 @@ class DockerJobs:
                 return
             on_start()
             for r in replicas:
-                try:
-                    r.exit_code = int(self.client.api.wait(r.id, timeout=3600)["StatusCode"])
-                except Exception:
-                    r.exit_code = None
-            on_end(any(r.exit_code != 0 for r in replicas), "")
+                r.exit_code = self._exit_code(r.id)
+            failed = [r for r in replicas if r.exit_code != 0]
+            on_end(bool(failed), self._why(failed[0]) if failed else "")
 
         threading.Thread(target=body, daemon=True, name=f"fake-{self.fake}-{key}").start()
+
+    def _exit_code(self, cid: str) -> Optional[int]:
+        """The container's exit code once it ended. A failed wait call (the engine busy, a
+        dropped connection) is asked again through inspect, not taken for a failed job."""
+        for _ in range(3600):
+            try:
+                return int(self.client.api.wait(cid, timeout=3600)["StatusCode"])
+            except Exception:
+                try:
+                    state = self.client.api.inspect_container(cid)["State"]
+                except Exception:
+                    return None  # removed (a delete): nothing more to learn
+                if not state.get("Running") and state.get("Status") in ("exited", "dead"):
+                    return int(state.get("ExitCode", 1))
+                time.sleep(1)
+        return None
+
+    def _why(self, r: "Replica") -> str:
+        """The end of a failed replica's own log, as the vendor's UI would show it."""
+        if r.id is None:
+            return ""
+        try:
+            tail = self.client.api.logs(r.id, tail=5).decode(errors="replace").strip()
+        except Exception:
+            return f"exit code {r.exit_code}"
+        return f"exit code {r.exit_code}" + (f": {tail}" if tail else "")
 
     def kill(self, replicas: List[Replica], signal: str = "SIGTERM") -> None:
         for r in replicas:
