@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 
 from cloud_fixtures import RUNAI_CLIENT, RUNAI_PROJECT, cloud_fakes, dgx_env  # noqa: F401
-from docker_fixtures import docker_sandbox  # noqa: F401
+from docker_fixtures import docker_sandbox, docker_torch_image  # noqa: F401
 from conftest import PYTHON, make_project, nrun, states, status_json, wait_for
 from nrun_core.errors import BackendError, ConfigError
 
@@ -72,6 +72,7 @@ def test_three_points_return_real_values_and_no_secret_leaks(dgx_env, proj, home
             data = path.read_bytes()
             assert secret.encode() not in data and not any(t in data for t in tokens), path
     assert secret not in proc.stdout + proc.stderr + nrun("show", "last", "--json").stdout
+    assert "HTTP Request" not in proc.stdout + proc.stderr                     # no line per API call
 
 
 def test_cancel_suspends_with_post_then_deletes(dgx_env, proj, home):
@@ -184,3 +185,22 @@ def test_a_command_that_cannot_start_is_explained(dgx_env, proj, home):
     assert proc.returncode != 0
     p = status_json()["points"][0]
     assert p["state"] == "FAILED" and "nosuchpython: not found" in p["error"], p["error"]
+
+
+def test_two_node_torchrun_point_all_reduces_across_replicas(dgx_env, docker_torch_image, home, tmp_path):
+    from test_lepton import allreduce_logs, allreduce_sweep
+
+    fake = dgx_env.runai
+    proc = allreduce_sweep(dgx_env, "dgxcloud", tmp_path, docker_torch_image)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    p = status_json()["points"][0]
+    assert p["state"] == "COMPLETED"
+    assert "'world_size': 2, 'sum': 3.0, 'expected': 3.0" in p["value_repr"]
+    sid = status_json()["sweep"]["id"]
+    name = f"nrun-{sid.lower()}-0"
+    logs = allreduce_logs(tmp_path)
+    # a distributed workload's master and worker, each its own pod, met at the master's address
+    assert f"host={name}-master-0 " in logs and f"host={name}-worker-0 " in logs
+    assert "rank 0/2" in logs and "rank 1/2" in logs
+    assert len(fake.calls_matching("POST", r"/workloads/distributed$")) >= 1
+    assert fake.live_containers(sid) == [] and fake.live_networks(sid) == []

@@ -59,10 +59,15 @@ def test_dry_run_prints_the_exact_training_bodies(home, proj, tmp_path):
 
 
 def test_dry_run_of_a_distributed_point(home, proj, tmp_path):
-    proc = launch(proj, "x=1", "hydra.launcher.dry_run=true", "hydra.launcher.nodes=2")
+    proc = launch(proj, "x=1", "hydra.launcher.dry_run=true", "hydra.launcher.nodes=2", "nrun/launcher=torchrun")
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = normalised(proc.stdout, tmp_path)
     assert "/workloads/distributed" in text and '"distributedFramework": "PyTorch"' in text
+    body = json.loads(text[text.index("{\n"): text.index("\n}\n") + 2])
+    env = {e["name"]: e.get("value") for e in body["spec"]["environmentVariables"]}
+    # each replica maps the PyTorchJob's RANK / MASTER_ADDR:MASTER_PORT to torchrun's PET_* in the container
+    assert env["NRUN_REPLICAS"] == "pytorchjob" and env["NRUN_NODE_ENV"] == "pet" and env["NRUN_NODES"] == "2"
+    assert 'PET_RDZV_ENDPOINT="$h:$p"' in body["spec"]["args"] and "--nnodes=2" in body["spec"]["args"]
     check_golden("dgxcloud_dry_run_distributed.txt", text)
 
 
@@ -70,7 +75,8 @@ def test_dry_run_of_a_distributed_point(home, proj, tmp_path):
     (["hydra.launcher.project=null"], "hydra.launcher.project is not set"),
     (["hydra.launcher.pvc=null"], "hydra.launcher.pvc is not set"),
     (["hydra.launcher.storage_dir=null"], "hydra.launcher.storage_dir is not set"),
-    (["hydra.launcher.nodes=2"], "does not run them yet"),
+    (["hydra.launcher.nodes=2", "nrun/launcher=torchrun", "hydra.launcher.launcher.nnodes=3"],
+     "hydra.launcher.launcher.nnodes=3 but the executor asks for hydra.launcher.nodes=2"),
     (["+hydra.launcher.secret_refs.X=nokey"], "secret_refs.X"),
     (["hydra.launcher.secret_env=[MY_TOKEN]"], "workload's spec"),
 ])

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from cloud_fixtures import cloud_fakes, lepton_env  # noqa: F401
-from docker_fixtures import docker_sandbox  # noqa: F401
+from docker_fixtures import docker_sandbox, docker_torch_image  # noqa: F401
 from conftest import PYTHON, make_project, nrun, states, status_json, wait_for
 
 
@@ -165,3 +165,37 @@ def test_status_and_logs_of_a_detached_sweep(lepton_env, proj, home, tmp_path):
     assert "'square': 16" in status_json()["points"][0]["value_repr"]
     logs = nrun("logs", "last", "0")
     assert logs.returncode == 0 and "point x=4" in logs.stdout, logs.stdout + logs.stderr
+
+
+def allreduce_sweep(fakes, kind: str, tmp_path: Path, image: str) -> subprocess.CompletedProcess:
+    """One 2-node torchrun point of tests/apps/torch_allreduce.py through the fake ``kind``."""
+    proj = make_project(tmp_path, "torch_allreduce.py")
+    args = [a for a in fakes.args(kind) if not a.startswith("hydra.launcher.image=")]
+    cmd = [PYTHON, "torch_allreduce.py", "-m", *args, f"hydra.launcher.image={image}", "nrun/launcher=torchrun",
+           "hydra.launcher.nodes=2", "hydra.launcher.timeout_s=300", "hydra.launcher.progress=lines", "+run=1",
+           "++hydra.launcher.env={OMP_NUM_THREADS:'1'}", f"hydra.sweep.dir={tmp_path}/multirun"]
+    return subprocess.run(cmd, cwd=proj, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True,
+                          text=True, timeout=420)
+
+
+def allreduce_logs(tmp_path: Path) -> str:
+    job = tmp_path / "multirun" / "0"
+    return (job / "stdout.log").read_text() + (job / "stdout.node1.log").read_text()
+
+
+def test_two_node_torchrun_point_all_reduces_across_replicas(lepton_env, docker_torch_image, home, tmp_path):
+    fake = lepton_env.lepton
+    proc = allreduce_sweep(lepton_env, "lepton", tmp_path, docker_torch_image)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    p = status_json()["points"][0]
+    assert p["state"] == "COMPLETED"
+    assert "'world_size': 2, 'sum': 3.0, 'expected': 3.0" in p["value_repr"]
+    sid = status_json()["sweep"]["id"]
+    jid = f"nrun-{sid.lower()}-0"
+    logs = allreduce_logs(tmp_path)
+    # two replicas of one job, each its own host, met at replica 0's Lepton service name
+    assert f"host={jid}-0 " in logs and f"host={jid}-1 " in logs
+    assert "rank 0/2" in logs and "rank 1/2" in logs
+    created = fake.calls_matching("POST", r"/jobs$")
+    assert len(jobs_of(fake, sid, "DELETE")) == 1 and created                 # one job, deleted once read
+    assert fake.live_containers(sid) == [] and fake.live_networks(sid) == []  # its network went with it

@@ -79,10 +79,16 @@ def test_dry_run_prints_the_exact_job_bodies(home, proj, tmp_path):
 
 
 def test_dry_run_of_a_multi_node_point(home, proj, tmp_path):
-    proc = launch(proj, "x=1", "hydra.launcher.dry_run=true", "hydra.launcher.nodes=2")
+    proc = launch(proj, "x=1", "hydra.launcher.dry_run=true", "hydra.launcher.nodes=2", "nrun/launcher=torchrun")
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = normalised(proc.stdout, tmp_path)
     assert '"completions": 2' in text and '"parallelism": 2' in text and '"intra_job_communication": true' in text
+    body = json.loads(text[text.index("{\n"): text.index("\n}\n") + 2])
+    env = {e["name"]: e.get("value") for e in body["spec"]["envs"]}
+    # each replica maps LEPTON_JOB_WORKER_INDEX and replica 0's service name to torchrun's PET_* in the container
+    assert env["NRUN_REPLICAS"] == "lepton" and env["NRUN_NODE_ENV"] == "pet" and env["NRUN_RDZV_PORT"] == "29500"
+    script = body["spec"]["container"]["command"][2]
+    assert "LEPTON_JOB_WORKER_INDEX" in script and 'PET_RDZV_ENDPOINT="$h:$p"' in script
     check_golden("lepton_dry_run_two_nodes.txt", text)
 
 
@@ -90,7 +96,9 @@ def test_dry_run_of_a_multi_node_point(home, proj, tmp_path):
     (["hydra.launcher.image=null"], "hydra.launcher.image is not set"),
     (["hydra.launcher.storage=null"], "hydra.launcher.storage is not set"),
     (["hydra.launcher.storage_dir=null"], "hydra.launcher.storage_dir is not set"),
-    (["hydra.launcher.nodes=2"], "does not run them yet"),
+    (["hydra.launcher.nodes=2", "nrun/launcher=torchrun", "hydra.launcher.launcher.nnodes=3"],
+     "hydra.launcher.launcher.nnodes=3 but the executor asks for hydra.launcher.nodes=2"),
+    (["hydra.launcher.nodes=2", "hydra.launcher.intra_job_communication=false"], "must reach replica 0"),
     (["hydra.launcher.allowed_nodes=[n1]"], "set hydra.launcher.node_group"),
     (["hydra.launcher.resource_shape=gpu.8xh100-80gb", "hydra.launcher.gpus_per_node=4"], "make them agree"),
 ])
@@ -109,3 +117,31 @@ def test_a_sweep_dir_off_the_shared_storage_is_refused(home, proj, tmp_path):
 def test_a_missing_token_is_refused_naming_the_variable(home, proj):
     proc = launch(proj, "x=1", "hydra.launcher.token_env=MY_LEPTON_TOKEN")
     assert proc.returncode != 0 and "$MY_LEPTON_TOKEN is not set" in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("vendor_env, node_env, expected", [
+    ({"NRUN_REPLICAS": "lepton", "NRUN_RDZV_PORT": "29500", "LEPTON_JOB_WORKER_INDEX": "1",
+      "LEPTON_JOB_SERVICE_PREFIX": "job7", "LEPTON_SUBDOMAIN": "job7-job-svc"}, "pet",
+     "PET_NODE_RANK=1 PET_RDZV_ENDPOINT=job7-0.job7-job-svc:29500 PET_RDZV_CONF=is_host=false"),
+    ({"NRUN_REPLICAS": "lepton", "NRUN_RDZV_PORT": "29511", "LEPTON_JOB_WORKER_INDEX": "1",
+      "LEPTON_JOB_NAME": "job8"}, "torch",
+     "MASTER_ADDR=job8-0.job8-job-svc MASTER_PORT=29511 RANK=1 WORLD_SIZE=2"),
+    ({"NRUN_REPLICAS": "pytorchjob", "RANK": "1", "MASTER_ADDR": "w-master-0", "MASTER_PORT": "23456"}, "pet",
+     "PET_NODE_RANK=1 PET_RDZV_ENDPOINT=w-master-0:23456 PET_RDZV_CONF=is_host=false"),
+])
+def test_each_replica_maps_the_vendor_variables_to_its_launcher(tmp_path, vendor_env, node_env, expected):
+    """The multi-node container script, run by sh as a replica would run it: the vendor's
+    variables become the launcher's, and replica 1 writes its own node log."""
+    from nrun_core.executors.cloudjob.command import MULTI_SCRIPT
+
+    show = ('echo PET_NODE_RANK=$PET_NODE_RANK PET_RDZV_ENDPOINT=$PET_RDZV_ENDPOINT PET_RDZV_CONF=$PET_RDZV_CONF '
+            'MASTER_ADDR=$MASTER_ADDR MASTER_PORT=$MASTER_PORT RANK=$RANK WORLD_SIZE=$WORLD_SIZE')
+    env = {"PATH": os.environ["PATH"], "NRUN_POINT": "0", "NRUN_NODES": "2", "NRUN_NODE_ENV": node_env,
+           "NRUN_STDOUT": str(tmp_path / "stdout.log"), "NRUN_STDERR": str(tmp_path / "stderr.log"), **vendor_env}
+    proc = subprocess.run(["sh", "-c", MULTI_SCRIPT, "nrun-point", str(tmp_path), "sh", "-c", show], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert f"output in {tmp_path}/stdout.node1.log" in proc.stdout
+    out = (tmp_path / "stdout.node1.log").read_text()
+    assert all(word in out.split() for word in expected.split()), out
+    assert not (tmp_path / "stdout.log").exists()

@@ -1,5 +1,9 @@
 """What both fakes share: a threaded stdlib HTTP server with a route table, bearer auth, a log
-of every request (tests count calls per point) and a job runner on a real Docker engine."""
+of every request (tests count calls per point) and a job runner on a real Docker engine.
+
+A job of several replicas that may talk to each other gets a Docker network of its own
+(internal: no route out; labelled, removed with the job), on which each replica answers to its
+pod-like hostname and the DNS names the vendor's variables give it."""
 
 from __future__ import annotations
 
@@ -144,6 +148,8 @@ class Replica:
     env: Dict[str, str]
     binds: Dict[str, Dict[str, str]]     # host path -> {"bind": path, "mode": "rw"}
     workdir: Optional[str] = None
+    hostname: Optional[str] = None       # the pod's hostname
+    aliases: List[str] = field(default_factory=list)  # names it answers to on the job's network
     id: str = ""                         # container id once created
     exit_code: Optional[int] = None
 
@@ -157,21 +163,30 @@ class DockerJobs:
 
         self.client = docker.DockerClient(base_url=docker_host, version="auto", timeout=120)
         self.fake = fake
+        self.networks: Dict[str, str] = {}   # job key -> its network's name
 
     def run(self, key: str, image: str, replicas: List[Replica], labels: Dict[str, str],
-            on_start: Callable[[], None], on_end: Callable[[bool, str], None]) -> None:
+            on_start: Callable[[], None], on_end: Callable[[bool, str], None], network: bool = False) -> None:
+        """``network``: put the replicas on a network of their own, reachable by their names."""
+        own = {**labels, "nrun-fake": self.fake, "nrun-fake.job": key}
+
         def body() -> None:
             try:
+                net = self._network(key, own) if network else None
                 for i, r in enumerate(replicas):
+                    extra: Dict[str, Any] = {}
+                    if net:
+                        extra = {"network": net, "networking_config": {
+                            net: self.client.api.create_endpoint_config(aliases=r.aliases or None)}}
                     c = self.client.containers.create(
                         image, command=r.argv, environment=r.env, volumes=r.binds, working_dir=r.workdir,
-                        labels={**labels, "nrun-fake": self.fake, "nrun-fake.job": key, "nrun-fake.replica": str(i)},
-                        detach=True, init=True)
+                        labels={**own, "nrun-fake.replica": str(i)}, hostname=r.hostname,
+                        detach=True, init=True, **extra)
                     r.id = c.id
                 for r in replicas:
                     self.client.api.start(r.id)
             except Exception as exc:
-                self.remove(replicas)
+                self.remove(replicas, key)
                 on_end(True, f"could not start: {exc}")
                 return
             on_start()
@@ -216,13 +231,27 @@ class DockerJobs:
                 except Exception:
                     pass
 
-    def remove(self, replicas: List[Replica]) -> None:
+    def _network(self, key: str, labels: Dict[str, str]) -> str:
+        """An internal bridge network for one job (the fake's own: nothing leaves it)."""
+        name = f"nrun-fake-{self.fake}-{key}"[:60]
+        self.client.api.create_network(name, driver="bridge", internal=True, labels=labels, check_duplicate=True)
+        self.networks[key] = name
+        return name
+
+    def remove(self, replicas: List[Replica], key: str = "") -> None:
+        """Remove the replicas' containers, then the job's network if it has one."""
         for r in replicas:
             if r.id:
                 try:
                     self.client.api.remove_container(r.id, force=True)
                 except Exception:
                     pass
+        net = self.networks.pop(key, None) if key else None
+        if net:
+            try:
+                self.client.api.remove_network(net)
+            except Exception:
+                pass
 
     def logs(self, replica: Replica) -> bytes:
         if not replica.id:
@@ -239,10 +268,19 @@ class DockerJobs:
                 c.remove(force=True)
             except Exception:
                 pass
+        for n in self.client.api.networks(filters={"label": [f"nrun-fake={self.fake}"]}):
+            try:
+                self.client.api.remove_network(n["Id"])
+            except Exception:
+                pass
         self.client.close()
 
     def containers(self, sweep: str) -> List[Any]:
         return self.client.containers.list(all=True, filters={"label": f"nrun-fake.sweep={sweep}"})
+
+    def sweep_networks(self, sweep: str) -> List[str]:
+        """Names of the networks the fake still holds for a sweep's jobs."""
+        return [n["Name"] for n in self.client.api.networks(filters={"label": [f"nrun-fake.sweep={sweep}"]})]
 
 
 def stop_then_kill(jobs: DockerJobs, replicas: List[Replica], grace_s: float = 3.0) -> None:

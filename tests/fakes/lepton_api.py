@@ -4,7 +4,11 @@ logs) and user secrets. Bearer auth (401), 404 for unknown jobs, 409 for a taken
 
 A job's replicas (``completions``) run as containers on a real Docker engine: each Lepton mount
 ``{path, from, mount_path}`` binds ``storages[from]/path`` at ``mount_path``; env entries with
-``value_from.secret_name_ref`` take the workspace secret's value.
+``value_from.secret_name_ref`` take the workspace secret's value. Every replica gets Lepton's
+job variables (LEPTON_JOB_NAME, LEPTON_JOB_SERVICE_PREFIX, LEPTON_SUBDOMAIN,
+LEPTON_JOB_WORKER_INDEX, LEPTON_JOB_TOTAL_WORKERS); replicas of a job with
+``intra_job_communication`` share a network on which replica i is ``<prefix>-i`` and
+``<prefix>-i.<subdomain>``, as Lepton's multi-node recipe addresses them.
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ class FakeLepton(FakeServer):
             self.jobs[jid] = job
             self.note_jobs(len(self.jobs))
             try:
-                replicas = self._replicas(spec)
+                replicas = self._replicas(jid, spec)
             except Reply as r:
                 job["status"].update(state="Failed", failed=1)
                 job["status"]["message"] = r.body["message"]
@@ -71,10 +75,11 @@ class FakeLepton(FakeServer):
         self.docker.run(jid, str((spec.get("container") or {}).get("image")), replicas,
                         {"nrun-fake.sweep": sweep} if sweep else {},
                         on_start=lambda: self._set(jid, state="Running", active=len(replicas)),
-                        on_end=lambda failed, why: self._ended(jid, failed, why))
+                        on_end=lambda failed, why: self._ended(jid, failed, why),
+                        network=len(replicas) > 1 and bool(spec.get("intra_job_communication")))
         return 200, job
 
-    def _replicas(self, spec: Dict[str, Any]) -> List[Replica]:
+    def _replicas(self, jid: str, spec: Dict[str, Any]) -> List[Replica]:
         binds: Dict[str, Dict[str, str]] = {}
         for mnt in spec.get("mounts") or []:
             root = self.storages.get(mnt.get("from"))
@@ -93,7 +98,11 @@ class FakeLepton(FakeServer):
                 env[e["name"]] = e.get("value") or ""
         n = int(spec.get("completions") or 1)
         argv = list((spec.get("container") or {}).get("command") or [])
-        return [Replica(argv=argv, env={**env, "LEPTON_JOB_WORKER_INDEX": str(i)}, binds=binds) for i in range(n)]
+        subdomain = f"{jid}-job-svc"
+        job_env = {"LEPTON_JOB_NAME": jid, "LEPTON_JOB_SERVICE_PREFIX": jid, "LEPTON_SUBDOMAIN": subdomain,
+                   "LEPTON_JOB_TOTAL_WORKERS": str(n)}
+        return [Replica(argv=argv, env={**env, **job_env, "LEPTON_JOB_WORKER_INDEX": str(i)}, binds=binds,
+                        hostname=f"{jid}-{i}", aliases=[f"{jid}-{i}", f"{jid}-{i}.{subdomain}"]) for i in range(n)]
 
     def _set(self, jid: str, **status: Any) -> None:
         with self.lock:
@@ -151,7 +160,7 @@ class FakeLepton(FakeServer):
             self._job(m["id"])
             self.jobs.pop(m["id"])
             reps = self.replicas.pop(m["id"], [])
-        self.docker.remove(reps)
+        self.docker.remove(reps, m["id"])
         return 200, {}
 
     def get_replicas(self, m: Any, q: Any, body: Any) -> Any:
@@ -191,6 +200,9 @@ class FakeLepton(FakeServer):
     # -- for tests -------------------------------------------------------------------------
     def live_containers(self, sweep: str) -> List[Any]:
         return self.docker.containers(sweep)
+
+    def live_networks(self, sweep: str) -> List[str]:
+        return self.docker.sweep_networks(sweep)
 
 
 __all__ = ["FakeLepton", "Optional"]

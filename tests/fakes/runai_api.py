@@ -6,7 +6,10 @@ Bearer tokens expire (``token_ttl_s``); an unknown or expired token gets 401.
 
 A workload's replicas run as containers on a real Docker engine: ``spec.command`` + the
 shell-split ``spec.args``, ``environmentVariables``, ``storage.pvc`` entries bound from
-``pvcs[claimName]`` at their ``path``, ``workingDir``.
+``pvcs[claimName]`` at their ``path``, ``workingDir``. A distributed workload of n replicas runs
+as a Kubeflow PyTorchJob does: replica 0 is ``<name>-master-0`` (MASTER_ADDR=localhost), the
+others ``<name>-worker-<k>`` (MASTER_ADDR=<name>-master-0), each with MASTER_PORT (23456, the
+operator's default), WORLD_SIZE=n and RANK=its index, on a network of the workload's own.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any, Dict, List
 from fakes.common import DockerJobs, FakeServer, Reply, Replica, new_id, stop_then_kill
 
 LIVE = ("Creating", "Initializing", "Running", "Stopping")
+MASTER_PORT = 23456   # the PyTorchJob operator's default master port
 KINDS = ("trainings", "distributed")
 
 
@@ -94,15 +98,15 @@ class FakeRunai(FakeServer):
                  "actualPhase": "Creating", "spec": spec}
             self.workloads[wid] = w
             self.note_jobs(len(self.workloads))
-            reps = self._replicas(kind, spec)
+            reps = self._replicas(kind, name, spec)
             self.replicas[wid] = reps
         sweep = next((r.env.get("NRUN_SWEEP_ID") for r in reps if r.env.get("NRUN_SWEEP_ID")), "")
         self.docker.run(wid, spec["image"], reps, {"nrun-fake.sweep": sweep} if sweep else {},
                         on_start=lambda: self._phase(wid, "Running"),
-                        on_end=lambda failed, why: self._ended(wid, failed, why))
+                        on_end=lambda failed, why: self._ended(wid, failed, why), network=len(reps) > 1)
         return 202, {"workloadId": wid, "name": name, "actualPhase": "Creating", "type": kind}
 
-    def _replicas(self, kind: str, spec: Dict[str, Any]) -> List[Replica]:
+    def _replicas(self, kind: str, name: str, spec: Dict[str, Any]) -> List[Replica]:
         binds = {}
         for pvc in (spec.get("storage") or {}).get("pvc") or []:
             host = self.pvcs.get(pvc.get("claimName"))
@@ -118,7 +122,17 @@ class FakeRunai(FakeServer):
                 env[e["name"]] = str(e.get("value") or "")
         argv = shlex.split(spec.get("command") or "") + shlex.split(spec.get("args") or "")
         n = int(spec.get("numWorkers") or 1) if kind == "distributed" else 1
-        return [Replica(argv=argv, env=dict(env), binds=binds, workdir=spec.get("workingDir")) for _ in range(n)]
+        if n == 1:
+            return [Replica(argv=argv, env=dict(env), binds=binds, workdir=spec.get("workingDir"))]
+        master = f"{name}-master-0"
+        out = []
+        for i in range(n):
+            pod = master if i == 0 else f"{name}-worker-{i - 1}"
+            torch_env = {"MASTER_ADDR": "localhost" if i == 0 else master, "MASTER_PORT": str(MASTER_PORT),
+                         "WORLD_SIZE": str(n), "RANK": str(i)}
+            out.append(Replica(argv=argv, env={**env, **torch_env}, binds=binds, workdir=spec.get("workingDir"),
+                               hostname=pod, aliases=[pod]))
+        return out
 
     def _phase(self, wid: str, phase: str) -> None:
         with self.lock:
@@ -163,7 +177,7 @@ class FakeRunai(FakeServer):
             self._workload(kind, wid)
             self.workloads.pop(wid)
             reps = self.replicas.pop(wid, [])
-        self.docker.remove(reps)
+        self.docker.remove(reps, wid)
         return 202, {}
 
     def list_workloads(self, m: Any, q: Any, body: Any) -> Any:
@@ -177,3 +191,6 @@ class FakeRunai(FakeServer):
 
     def live_containers(self, sweep: str) -> List[Any]:
         return self.docker.containers(sweep)
+
+    def live_networks(self, sweep: str) -> List[str]:
+        return self.docker.sweep_networks(sweep)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import threading
 import time
@@ -37,7 +38,7 @@ class RunAI:
             import httpx
         except ImportError:
             raise ConfigError("hydra/launcher=nrun_dgxcloud needs httpx, which is not installed here. Fix: "
-                              "pip install 'nrun[dgxcloud]'") from None
+                              "pip install 'hydra-nrun[dgxcloud]'") from None
 
         self.base = str(base_url or opts.base_url or os.environ.get("RUNAI_BASE_URL") or "").rstrip("/")
         if not self.base:
@@ -50,6 +51,9 @@ class RunAI:
             raise ConfigError(f"no Run:ai client secret: ${self.secret_env} is not set in this shell "
                               f"(hydra.launcher.client_secret_env={self.secret_env}). Fix: export "
                               f"{self.secret_env}=<the application's secret>; nrun never stores it")
+        # httpx logs each request at INFO, and a Hydra app's root logger shows INFO: one line per
+        # status poll on the user's terminal. Its warnings and errors still show.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         self.http = httpx.Client(timeout=float(getattr(opts, "request_timeout_s", 30.0) or 30.0))
         self._token: Optional[str] = None
         self._expires = 0.0

@@ -6,9 +6,10 @@ r"""nrun_dgxcloud: each point as one Run:ai workload on DGX Cloud, over Run:ai's
 
 Decisions:
 - One node: a training workload; ``nodes > 1``: a distributed PyTorch workload, one replica
-  per node (rendered by the dry run; refused at submission until nrun hands the replicas'
-  rank and head address to the point's launcher). Code, logs and results travel only through the PVC (``cloudjob.storage``): the code
-  snapshot and the point runtime are copied there once; nothing is downloaded at run time.
+  per node; each maps the PyTorchJob's RANK and MASTER_ADDR/PORT to the launcher's rank and
+  rendezvous address in the container (``cloudjob.command``). Code, logs and results travel
+  only through the PVC (``cloudjob.storage``): the code snapshot and the point runtime are
+  copied there once; nothing is downloaded at run time.
 - Token cached until it nearly expires, renewed on a 401 (``api``); the client secret comes
   from the environment only. Retries only on 429/502/503/504 and connection errors.
 - Before anything is submitted: the token (a wrong secret fails the command, naming the
@@ -25,7 +26,6 @@ import json
 import os
 from typing import Any, List, Sequence
 
-from nrun_core.errors import ConfigError
 from nrun_core.executors.base import Request
 from nrun_core.executors.cloudjob.polled import GONE, PolledJobExecutor, RemoteState
 from nrun_core.executors.dgxcloud import spec as ds
@@ -52,12 +52,6 @@ class DgxCloudExecutor(PolledJobExecutor):
             storage.check_job_dir(s)
         if self.opts.dry_run:
             return
-        if int(self.opts.nodes) > 1:
-            raise ConfigError(
-                f"hydra.launcher.nodes={self.opts.nodes}: nrun_dgxcloud renders multi-node jobs (see the dry run) but "
-                "does not run them yet: nrun does not yet hand the service's replica rank and head address to "
-                "the point's launcher (torchrun rendezvous), so the replicas would not form one job. Fix: "
-                "hydra.launcher.nodes=1")
         from nrun_core.executors.dgxcloud.api import RunAI
 
         api = RunAI(self.opts, ds.base_url(self.opts))

@@ -65,8 +65,8 @@ def check_options(opts: Any) -> None:
 def body(opts: Any, spec: JobSpec, project_id: str, cluster_id: str, attempt: int = 1) -> Dict[str, Any]:
     storage = storage_of(opts)
     where = storage.placement(spec, str(opts.python or "python3"))
-    argv = command.argv(where, spec, list(opts.command_prefix or []))
-    env = command.env(where, spec, attempt, {})
+    argv = command.argv(where, spec, list(opts.command_prefix or []), replicas="pytorchjob")
+    env = command.env(where, spec, attempt, command.node_env(spec, opts.launcher, "pytorchjob"))
     envs: List[Dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(env.items())]
     for var, ref in sorted((opts.secret_refs or {}).items()):
         name, _, key = str(ref).partition(":")

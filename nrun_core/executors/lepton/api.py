@@ -47,7 +47,7 @@ class Lepton:
             from leptonai.api.v2.client import APIClient
         except ImportError:
             raise ConfigError("hydra/launcher=nrun_lepton needs the leptonai SDK (0.47 or later), which is not "
-                              "installed here. Fix: pip install 'nrun[lepton]'") from None
+                              "installed here. Fix: pip install 'hydra-nrun[lepton]'") from None
 
         r = resolve(opts)
         self.token_env = r["token_env"]

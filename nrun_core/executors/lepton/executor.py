@@ -1,6 +1,6 @@
-r"""nrun_lepton: each point as one DGX Cloud Lepton job (replicas = nodes; multi-node jobs are
-rendered by the dry run but refused at submission for now), through the leptonai v2 SDK
-(imported only when this executor runs).
+r"""nrun_lepton: each point as one DGX Cloud Lepton job (one replica per node, with intra-job
+communication when there are several), through the leptonai v2 SDK (imported only when this
+executor runs).
 
     python train.py -m hydra/launcher=nrun_lepton hydra.launcher.image=nvcr.io/nvidia/pytorch:24.05-py3 \
         hydra.launcher.resource_shape=gpu.8xh100-80gb hydra.launcher.storage=node-nfs:lepton-shared-fs \
@@ -16,6 +16,8 @@ Decisions:
   name; they are deleted when the sweep is done. ``secret_refs`` references existing ones.
 - A bad token fails the command before anything is submitted (one authenticated list call),
   naming the variable. A job Lepton no longer knows (404) is a lost point.
+- Several nodes: each replica maps Lepton's LEPTON_JOB_WORKER_INDEX and replica 0's service
+  name to the launcher's rank and rendezvous address in the container (``cloudjob.command``).
 - Status: one GET per job when its poll is due (backoff, ``cloudjob.polled``); cancel = PATCH
   spec.stopped, then DELETE after the grace; finished jobs are deleted once read.
 """
@@ -61,12 +63,6 @@ class LeptonExecutor(PolledJobExecutor):
                     raise ConfigError(f"{name} is in both hydra.launcher.secret_env and secret_refs; keep one")
         if self.opts.dry_run:
             return
-        if int(self.opts.nodes) > 1:
-            raise ConfigError(
-                f"hydra.launcher.nodes={self.opts.nodes}: nrun_lepton renders multi-node jobs (see the dry run) but "
-                "does not run them yet: nrun does not yet hand the service's replica rank and head address to "
-                "the point's launcher (torchrun rendezvous), so the replicas would not form one job. Fix: "
-                "hydra.launcher.nodes=1")
         from nrun_core.executors.lepton.api import Lepton
 
         api = Lepton(self.opts)

@@ -52,6 +52,10 @@ def check_options(opts: Any) -> None:
     storage_of(opts)
     if int(opts.nodes) < 1:
         raise ConfigError(f"hydra.launcher.nodes={opts.nodes}: must be at least 1")
+    if int(opts.nodes) > 1 and opts.intra_job_communication is False:
+        raise ConfigError(f"hydra.launcher.nodes={opts.nodes} with intra_job_communication=false: the replicas "
+                          "of a multi-node point must reach replica 0 to form one job. Fix: "
+                          "hydra.launcher.intra_job_communication=null (or true)")
     if opts.allowed_nodes and not opts.node_group:
         raise ConfigError("hydra.launcher.allowed_nodes is set but node_group is not: allowed nodes are "
                           "nodes of a dedicated node group; set hydra.launcher.node_group=<id>")
@@ -76,7 +80,7 @@ def body(opts: Any, spec: JobSpec, attempt: int = 1) -> Dict[str, Any]:
     """The job body of one attempt of one point."""
     storage = storage_of(opts)
     where = storage.placement(spec, str(opts.python or "python3"))
-    env = command.env(where, spec, attempt, {})
+    env = command.env(where, spec, attempt, command.node_env(spec, opts.launcher, "lepton"))
     envs: List[Dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(env.items())]
     refs = {**{n: secret_name(spec.sweep_id, n) for n in spec.secret_env}, **dict(opts.secret_refs or {})}
     envs += [{"name": k, "value_from": {"secret_name_ref": str(v)}} for k, v in sorted(refs.items())]
@@ -85,7 +89,8 @@ def body(opts: Any, spec: JobSpec, attempt: int = 1) -> Dict[str, Any]:
     nodes = int(spec.nodes)
     job: Dict[str, Any] = {
         "resource_shape": str(opts.resource_shape),
-        "container": {"image": str(opts.image), "command": command.argv(where, spec, list(opts.command_prefix or []))},
+        "container": {"image": str(opts.image), "command": command.argv(where, spec, list(opts.command_prefix or []),
+                                                                          replicas="lepton")},
         "completions": nodes,
         "parallelism": nodes,
         "envs": envs,
