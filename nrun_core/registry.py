@@ -57,6 +57,9 @@ BUILTIN = (
     ExecutorEntry("nrun_dgxcloud", "nrun_core.executors.dgxcloud.options:DgxCloudConf",
                   "nrun_core.executors.dgxcloud.executor:DgxCloudExecutor", default_packager="workdir",
                   name="dgxcloud"),
+    ExecutorEntry("nrun_skypilot", "nrun_core.executors.skypilot.options:SkypilotConf",
+                  "nrun_core.executors.skypilot.executor:SkypilotExecutor", default_packager="workdir",
+                  name="skypilot"),
 )
 
 _plugins: Optional[Dict[str, ExecutorEntry]] = None

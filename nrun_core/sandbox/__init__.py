@@ -20,6 +20,7 @@ SANDBOXES = {
     "slurm": "nrun_core.sandbox.slurm",
     "docker": "nrun_core.sandbox.docker",
     "ssh": "nrun_core.sandbox.ssh",
+    "skypilot": "nrun_core.sandbox.skypilot",
 }
 
 

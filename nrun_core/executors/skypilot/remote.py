@@ -1,0 +1,119 @@
+"""Runs one sweep point on a SkyPilot node (shipped in the task's workdir as ``nrun_sky.py``).
+
+Standard library only (3.8+): the node's Python may lack nrun. Called from the task's ``run``:
+
+    python lib/nrun_sky.py points/IDX.json
+
+It unpacks the sweep's code once per node (nrun's own safe unpacker), gives the point a job dir
+of its own under ``remote_dir`` (the launcher's absolute path rarely exists there), runs the point
+runtime with its stdout/stderr going both to the job dir's logs and to SkyPilot's job log, and,
+on node 0, ends by printing the job dir (`.hydra/`, outputs, result) as a base64 tar between
+marker lines: SkyPilot's log is the one channel every infra has, so the files come back through it.
+SIGTERM/SIGINT (sky cancel) go to the point's whole process group.
+"""
+
+import base64
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+
+BEGIN = "@@nrun-sky-files-begin"
+END = "@@nrun-sky-files-end"
+LINE = 76
+
+
+def _pump(src, files, lock):
+    for chunk in iter(lambda: src.read1(65536) if hasattr(src, "read1") else src.read(65536), b""):
+        for f in files:
+            with lock:
+                f.write(chunk)
+                f.flush()
+
+
+def _files(job_dir, limit):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(job_dir, arcname=".")
+    data = buf.getvalue()
+    if len(data) > limit:
+        buf = io.BytesIO()  # too big: the result and `.hydra/` only, named in the log
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            for sub in (".hydra", ".nrun"):
+                if os.path.exists(os.path.join(job_dir, sub)):
+                    tar.add(os.path.join(job_dir, sub), arcname=sub)
+        sys.stdout.write("nrun: the job dir is %d bytes packed, over max_files_mb: only .hydra/ and the "
+                         "result come back; the rest stays in %s\n" % (len(data), job_dir))
+        data = buf.getvalue()
+    return base64.b64encode(data).decode()
+
+
+def main(argv):
+    point = json.load(open(argv[0]))
+    home = os.path.expanduser("~")
+    root = point["remote_dir"] if os.path.isabs(point["remote_dir"]) else os.path.join(home, point["remote_dir"])
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, here)
+    import nrun_unpack  # nrun's safe unpacker, shipped beside this file
+
+    code_dir = os.path.join(root, "code", point["artifact"])
+    if nrun_unpack.main([os.path.join(os.getcwd(), point["archive"]), code_dir]) != 0:
+        return 2  # the unpacker said why (refused archive, limits)
+    rank = int(os.environ.get("SKYPILOT_NODE_RANK", "0") or 0)
+    job_dir = os.path.join(root, "jobs", point["sweep_id"], "%s-a%s" % (point["index"], point["attempt"]),
+                           point["job_name"])
+    if rank:
+        job_dir = os.path.join(os.path.dirname(job_dir), "node%d" % rank, point["job_name"])
+    shutil.rmtree(job_dir, ignore_errors=True)
+    nrun_dir = os.path.join(job_dir, ".nrun", point["sweep_id"])
+    os.makedirs(nrun_dir)
+    payload = os.path.join(nrun_dir, "point.json")
+    with open(payload, "w") as f:
+        json.dump(point["payload"], f)
+    env = dict(os.environ)
+    env.update({"NRUN_CODE_DIR": code_dir, "NRUN_JOB_DIR": job_dir,
+                "NRUN_RESULT_FILE": os.path.join(nrun_dir, "result.json")})
+    words = {"{python}": point["python"], "{runtime}": os.path.join(here, "nrun_point.py"), "{payload}": payload}
+    argv = [words.get(w, w) for w in point["command"]]
+    cwd = os.path.normpath(os.path.join(code_dir, point["workdir"]))
+    out = open(os.path.join(job_dir, "stdout.log"), "ab")
+    err = open(os.path.join(job_dir, "stderr.log"), "ab")
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+    def forward(signum, frame):
+        try:
+            os.killpg(proc.pid, signum)
+        except OSError:
+            pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    lock = threading.Lock()
+    log = sys.stdout.buffer
+    pumps = [threading.Thread(target=_pump, args=(proc.stdout, [out, log], lock)),
+             threading.Thread(target=_pump, args=(proc.stderr, [err, log], lock))]
+    for t in pumps:
+        t.start()
+    code = proc.wait()
+    for t in pumps:
+        t.join()
+    out.close()
+    err.close()
+    if rank == 0:
+        text = _files(job_dir, int(float(point["max_files_mb"]) * 1024 * 1024))
+        lines = [text[i:i + LINE] for i in range(0, len(text), LINE)]
+        with lock:
+            log.write(("\n%s %s %s\n%s\n%s %d\n" % (BEGIN, point["sweep_id"], point["index"], "\n".join(lines),
+                                                    END, code)).encode())
+            log.flush()
+    return code if code >= 0 else 128 - code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,96 @@
+"""nrun_skypilot against real SkyPilot: the sandbox's API server with the Slurm sandbox as its
+infra (`nrun sandbox skypilot up`). Exercised for real: sky.launch of a cluster (a Slurm job of
+the user nrun-sky), sky.exec per point, workdir sync, sky.tail_logs (live logs, the point's files
+and exit code), sky.cancel from another shell, sky.down. Clouds, spot, GPUs and managed jobs are
+only rendered (tests/test_skypilot_render.py): none is reachable here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import PYTHON, interruptible, make_project, nrun, states, status_json, wait_for
+from skypilot_fixtures import sky_env, sky_queue, sky_sandbox  # noqa: F401
+
+
+def sweep(proj: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([PYTHON, "sweep_app.py", "-m", "hydra/launcher=nrun_skypilot", "hydra.launcher.progress=lines",
+                           f"hydra.launcher.cluster_name={os.environ['NRUN_TEST_SKY_CLUSTER']}", *args,
+                           f"hydra.sweep.dir={proj.parent}/multirun"],
+                          cwd=proj, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+pytestmark = pytest.mark.timeout(900)  # a cluster launch under load takes minutes
+
+
+def test_three_point_sweep_returns_real_values(sky_env, home, tmp_path):
+    proj = make_project(tmp_path)
+    proc = sweep(proj, "x=1,2,3")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    points = status_json()["points"]
+    assert {p["idx"]: p["value_repr"] for p in points} == {
+        i: f"{{'x': {x}, 'msg': '', 'square': {x * x}}}" for i, x in enumerate((1, 2, 3))}
+    for i, p in enumerate(points):
+        job = tmp_path / "multirun" / str(i)
+        assert f"point x={i + 1} action=ok" in (job / "stdout.log").read_text()      # the point's own output
+        assert "to-stderr" in (job / "stderr.log").read_text()
+        assert (job / ".hydra" / "overrides.yaml").read_text() == f"- x={i + 1}\n"  # Hydra's files came back
+        assert p["backend_id"].startswith(os.environ["NRUN_TEST_SKY_CLUSTER"] + "/")
+
+
+def test_failing_point_names_its_error(sky_env, home, tmp_path):
+    proj = make_project(tmp_path)
+    proc = sweep(proj, "x=2", "action=raise")
+    assert proc.returncode != 0
+    p = status_json()["points"][0]
+    assert p["state"] == "FAILED" and "ValueError: boom at x=2" in p["error"], p
+    assert "boom at x=2" in (tmp_path / "multirun" / "0" / "stderr.log").read_text()
+
+
+def test_cancel_from_another_shell_leaves_nothing_queued(sky_env, home, tmp_path):
+    """Detached sweep, logs streamed while it runs, `nrun cancel`: no job of it left in the
+    cluster's SkyPilot queue, and no Slurm step of it left in squeue."""
+    proj = make_project(tmp_path)
+    proc = sweep(proj, "x=1,2", "action=sleep", "seconds=300", "hydra.launcher.wait=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Both submitted; SkyPilot may queue the second behind the first on the one node.
+    wait_for(lambda: all(p["state"] == "RUNNING" for p in status_json()["points"])
+             and any("point x=" in Path(p["stdout"]).read_text() for p in status_json()["points"]
+                     if Path(p["stdout"]).exists()), timeout=600, step=1.0)
+    jobs = [int(p["backend_id"].rsplit("/", 1)[1]) for p in status_json()["points"]]
+    out = nrun("cancel", "last", timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr
+    wait_for(lambda: set(states().values()) == {"CANCELLED"}, timeout=120, step=1.0)
+    cluster = os.environ["NRUN_TEST_SKY_CLUSTER"]
+    queue = sky_queue(cluster)
+    assert all(queue[j] in ("CANCELLED", "SUCCEEDED", "FAILED") for j in jobs), queue
+    steps = subprocess.run(["squeue", "-h", "-s", "-u", "nrun-sky", "-o", "%j"], capture_output=True, text=True)
+    assert steps.returncode == 0, steps.stderr
+    assert not {f"sky-{j}" for j in jobs} & set(steps.stdout.split()), steps.stdout
+
+
+def test_ctrl_c_cancels_the_running_point(sky_env, home, tmp_path):
+    """Ctrl-C while waiting, as on Slurm: the point's SkyPilot job is cancelled, the sweep records
+    it, the launcher exits 130."""
+    proj = make_project(tmp_path)
+    proc = subprocess.Popen([PYTHON, "sweep_app.py", "-m", "hydra/launcher=nrun_skypilot", "hydra.launcher.progress=lines",
+                             f"hydra.launcher.cluster_name={os.environ['NRUN_TEST_SKY_CLUSTER']}", "x=1",
+                             "action=sleep", "seconds=300", f"hydra.sweep.dir={tmp_path}/multirun"],
+                            cwd=proj, preexec_fn=interruptible, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        log = tmp_path / "multirun" / "0" / "stdout.log"
+        wait_for(lambda: log.exists() and "point x=1" in log.read_text(), timeout=600, step=1.0)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out[-2000:] + err[-3000:]
+    assert states() == {0: "CANCELLED"}
+    job = int(status_json()["points"][0]["backend_id"].rsplit("/", 1)[1])
+    assert sky_queue(os.environ["NRUN_TEST_SKY_CLUSTER"])[job] == "CANCELLED"

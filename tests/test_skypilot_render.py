@@ -1,0 +1,151 @@
+"""nrun_skypilot without any cloud: the dry run's sky.Task per point (pinned by golden files,
+parsed by SkyPilot itself, offline), setting errors, the log channel that brings a point's files
+back, and the import cost (`import sky` only when nrun_skypilot is selected).
+
+What runs for real elsewhere (tests/test_skypilot.py, the Slurm sandbox as SkyPilot infra): sky
+launch/exec/tail_logs/cancel/down. Clouds, spot and GPUs are exercised only here, by rendering.
+
+Golden files: tests/golden/skypilot_*.txt; regenerate with NRUN_UPDATE_GOLDEN=1 and review.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from conftest import PYTHON, make_project
+from test_docker_dryrun import TRICKY, check_golden, normalised
+
+SANDBOX_VARS = ("NRUN_SKYPILOT_INFRA", "NRUN_SKYPILOT_PYTHON", "NRUN_SKYPILOT_PREPARE", "SKYPILOT_CONFIG",
+                "SKYPILOT_API_SERVER_ENDPOINT", "SKYPILOT_API_SERVER_LOCAL_PORT")
+
+
+def offline_env(tmp_path: Path) -> dict:
+    """No sandbox settings, SkyPilot's state in the test's dir, and no network proxy to lean on."""
+    env = {k: v for k, v in os.environ.items() if k not in SANDBOX_VARS}
+    env.update({"SKY_RUNTIME_DIR": str(tmp_path / "skyrt"), "MY_TOKEN": "s3cr3t-sky-dry",
+                "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"})
+    return env
+
+
+def dry_run(tmp_path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proj = make_project(tmp_path)
+    out = subprocess.run([PYTHON, "sweep_app.py", "-m", "hydra/launcher=nrun_skypilot", "hydra.launcher.dry_run=true",
+                          *args, f"hydra.sweep.dir={tmp_path}/multirun"],
+                         cwd=proj, capture_output=True, text=True, timeout=180, env=offline_env(tmp_path))
+    if check:
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "s3cr3t-sky-dry" not in out.stdout + out.stderr
+    return out
+
+
+def golden_text(out: subprocess.CompletedProcess, tmp_path: Path) -> str:
+    return re.sub(r"lib/[0-9a-f]{16}", "lib/<LIB>", normalised(out.stdout + out.stderr, tmp_path))
+
+
+def test_dry_run_of_aws_a100_spot_points(home, tmp_path):
+    """The AWS A100 spot request a user would send, rendered offline and parsed by sky.Task."""
+    value = "'" + TRICKY.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    out = dry_run(tmp_path, "x=1,2", f"msg={value}", "hydra.launcher.infra=aws/us-east-1", "hydra.launcher.gpus=A100",
+                  "hydra.launcher.gpus_per_node=8", "hydra.launcher.use_spot=true", "hydra.launcher.disk_size=500",
+                  "hydra.launcher.cpus=32+", "hydra.launcher.secret_env=[MY_TOKEN]",
+                  "+hydra.launcher.env.WANDB_PROJECT=sweeps", "hydra.launcher.setup=[pip install -r requirements.txt]",
+                  "hydra.launcher.idle_minutes_to_autostop=10", "hydra.launcher.python=python3")
+    text = golden_text(out, tmp_path)
+    assert "use_spot: true" in text and "accelerators: A100:8" in text and "MY_TOKEN: <from the launching shell>" in text
+    check_golden("skypilot_aws_a100_spot.txt", text)
+
+
+def test_dry_run_of_a_two_node_torchrun_point(home, tmp_path):
+    """num_nodes=2: torchrun's rendezvous comes from SkyPilot's node list and rank."""
+    out = dry_run(tmp_path, "x=1", "nrun/launcher=torchrun", "hydra.launcher.nodes=2", "hydra.launcher.gpus=H100",
+                  "hydra.launcher.gpus_per_node=8", "hydra.launcher.infra=k8s", "hydra.launcher.python=python3",
+                  "hydra.launcher.container_image=nvcr.io/nvidia/pytorch:24.05-py3")
+    text = golden_text(out, tmp_path)
+    assert 'PET_RDZV_ENDPOINT="$head:29500"' in text and "num_nodes: 2" in text
+    check_golden("skypilot_torchrun_2nodes.txt", text)
+
+
+@pytest.mark.parametrize("args, names", [
+    (("hydra.launcher.clusters=many",), "hydra.launcher.clusters='many'"),
+    (("hydra.launcher.teardown=never",), "hydra.launcher.teardown='never'"),
+    (("hydra.launcher.gpus_per_node=2",), "hydra.launcher.gpus=A100"),
+    (("hydra.launcher.cluster_name=9bad name",), "hydra.launcher.cluster_name"),
+    (("hydra.launcher.managed=true", "hydra.launcher.cluster_name=mine"), "hydra.launcher.managed=true"),
+    (("hydra.launcher.infra=nocloud",), "nocloud"),
+])
+def test_bad_settings_are_named_before_anything_is_sent(home, tmp_path, args, names):
+    out = dry_run(tmp_path, "x=1", *args, check=False)
+    assert out.returncode != 0
+    assert names in out.stderr, out.stderr[-2000:]
+
+
+def test_a_points_files_come_back_through_its_log(tmp_path):
+    """The node's end marker carries the job dir; lines before it land in stdout.log."""
+    from nrun_core.executors.skypilot.executor import _LogSink, _unpack
+    from nrun_core.executors.skypilot.remote import BEGIN, END
+
+    src = tmp_path / "node"
+    (src / ".hydra").mkdir(parents=True)
+    (src / ".hydra" / "config.yaml").write_text("x: 1\n")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(src, arcname=".")
+    b64 = base64.b64encode(buf.getvalue()).decode()
+    sink = _LogSink(str(tmp_path / "job" / "stdout.log"))
+    prefix = "\x1b[36m(sky-cmd, pid=42)\x1b[0m "
+    log = f"{prefix}point x=1\n{prefix}{BEGIN} s 0\n" + "".join(f"{prefix}{b64[i:i + 76]}\n" for i in
+                                                                  range(0, len(b64), 76)) + f"{prefix}{END} 3\n"
+    for i in range(0, len(log), 7):  # in pieces, as the stream arrives
+        sink.write(log[i:i + 7])
+    sink.close()
+    assert (tmp_path / "job" / "stdout.log").read_text() == "point x=1\n"
+    assert sink.exit_code == 3
+    _unpack(sink.files, str(tmp_path / "job"))
+    assert (tmp_path / "job" / ".hydra" / "config.yaml").read_text() == "x: 1\n"
+
+
+def test_files_that_would_land_outside_the_job_dir_are_refused(tmp_path):
+    from nrun_core.executors.skypilot.executor import _unpack
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        data = b"pwned"
+        info = tarfile.TarInfo("../outside.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(tarfile.TarError):
+        _unpack(buf.getvalue(), str(tmp_path / "job"))
+    assert not (tmp_path / "outside.txt").exists()
+
+
+def test_sky_is_imported_only_when_nrun_skypilot_is_selected(home, tmp_path):
+    """A Hydra app on another launcher (or none) never imports sky: plugin discovery stays cheap."""
+    proj = make_project(tmp_path)
+    for args in (["x=1"], ["-m", "hydra/launcher=nrun_local", "x=1"]):
+        out = subprocess.run([PYTHON, "-X", "importtime", "sweep_app.py", *args, "action=ok",
+                              f"hydra.sweep.dir={tmp_path}/multirun", f"hydra.run.dir={tmp_path}/run"],
+                             cwd=proj, capture_output=True, text=True, timeout=120, env=offline_env(tmp_path))
+        assert out.returncode == 0, out.stderr[-2000:]
+        imported = {m.group(1) for m in re.finditer(r"\|\s+(\S+)\s*$", out.stderr, re.MULTILINE)}
+        assert "nrun_core.executors.skypilot.executor" not in imported
+        assert not {m for m in imported if m == "sky" or m.startswith("sky.")}, args
+
+
+def test_cluster_per_point_and_managed_jobs_are_rendered(home, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    out = dry_run(tmp_path / "a", "x=1,2", "hydra.launcher.clusters=per_point", "hydra.launcher.cluster_name=mine",
+                  "hydra.launcher.infra=gcp")
+    assert "sky.launch(cluster_name='mine-0'" in out.stdout and "sky.launch(cluster_name='mine-1'" in out.stdout
+    assert "down=True" in out.stdout                                  # teardown=auto: gone when its point ends
+    out = dry_run(tmp_path / "b", "x=1", "hydra.launcher.managed=true", "hydra.launcher.use_spot=true",
+                  "hydra.launcher.infra=aws")
+    assert "sky.jobs.launch (managed job)" in out.stdout and "use_spot: true" in out.stdout
