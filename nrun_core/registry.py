@@ -57,6 +57,11 @@ BUILTIN = (
     ExecutorEntry("nrun_dgxcloud", "nrun_core.executors.dgxcloud.options:DgxCloudConf",
                   "nrun_core.executors.dgxcloud.executor:DgxCloudExecutor", default_packager="workdir",
                   name="dgxcloud"),
+    # Pods see only their volume (PVC or hostPath): ship the code there.
+    ExecutorEntry("nrun_kubeflow", "nrun_core.executors.kubeflow.options:KubeflowConf",
+                  "nrun_core.executors.kubeflow.executor:KubeflowExecutor", default_packager="workdir", name="kubeflow"),
+    ExecutorEntry("nrun_kuberay", "nrun_core.executors.kuberay.options:KubeRayConf",
+                  "nrun_core.executors.kuberay.executor:KubeRayExecutor", default_packager="workdir", name="kuberay"),
     ExecutorEntry("nrun_skypilot", "nrun_core.executors.skypilot.options:SkypilotConf",
                   "nrun_core.executors.skypilot.executor:SkypilotExecutor", default_packager="workdir",
                   name="skypilot"),

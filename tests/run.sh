@@ -30,7 +30,7 @@ python -c 'import hydra_plugins.nrun_launcher, nrun_core.cli, nrun_example_execu
 export NRUN_SANDBOX_TORCH="${NRUN_SANDBOX_TORCH:-1}"
 # lepton, dgxcloud: their vendor SDKs (test extras) against the fakes in tests/fakes, jobs on Docker.
 require=torch,executor-plugin,lepton,dgxcloud
-for box in ${NRUN_SANDBOXES:-slurm docker ssh skypilot}; do
+for box in ${NRUN_SANDBOXES:-slurm docker ssh skypilot kube}; do
     echo "--- nrun sandbox $box up"
     start=$(date +%s)
     eval "$(nrun sandbox "$box" up)"

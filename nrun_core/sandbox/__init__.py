@@ -21,6 +21,7 @@ SANDBOXES = {
     "docker": "nrun_core.sandbox.docker",
     "ssh": "nrun_core.sandbox.ssh",
     "skypilot": "nrun_core.sandbox.skypilot",
+    "kube": "nrun_core.sandbox.kube",
 }
 
 

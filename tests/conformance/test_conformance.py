@@ -26,6 +26,7 @@ from docker_fixtures import docker_sandbox  # noqa: F401  (requested by backend(
 from ssh_fixtures import ssh_sandbox  # noqa: F401  (requested by backend())
 from skypilot_fixtures import sky_sandbox  # noqa: F401  (requested by backend())
 from cloud_fixtures import cloud_args, cloud_fakes  # noqa: F401  (requested by backend())
+from kube_fixtures import kube_args, kube_sandbox, sweep_is_gone  # noqa: F401  (requested by backend())
 from require import missing
 
 SANDBOX_LABEL = '++hydra.launcher.labels={nrun.sandbox:"1"}'
@@ -44,6 +45,8 @@ class Backend:
         args = [f"hydra/launcher={self.option}", *self.args]
         if self.sandbox == "docker":
             args += [f"hydra.launcher.image={os.environ['NRUN_SANDBOX_IMAGE']}", SANDBOX_LABEL]
+        if self.sandbox in KUBE:  # a real kube-apiserver; tests/fakes/kube_operator.py plays the operators
+            args += kube_args(self.option)
         if self.sandbox == "skypilot":  # the session's one SkyPilot cluster on the Slurm sandbox
             args += [f"hydra.launcher.cluster_name={os.environ['NRUN_TEST_SKY_CLUSTER']}"]
         if self.sandbox in CLOUD:  # the fake Lepton / Run:ai APIs of tests/fakes, jobs on the Docker sandbox
@@ -62,8 +65,11 @@ BACKENDS = [
     Backend("plugin-nice-spawn", "nice_spawn", ("hydra.launcher.niceness=5",)),
     Backend("lepton", "nrun_lepton", (), sandbox="lepton", same_python=False),
     Backend("dgxcloud", "nrun_dgxcloud", (), sandbox="dgxcloud", same_python=False),
+    Backend("kubeflow", "nrun_kubeflow", (), sandbox="kubeflow", same_python=False),
+    Backend("kuberay", "nrun_kuberay", (), sandbox="kuberay", same_python=False),
 ]
 CLOUD = ("lepton", "dgxcloud")
+KUBE = ("kubeflow", "kuberay")
 
 
 @pytest.fixture(params=BACKENDS, ids=[b.id for b in BACKENDS])
@@ -79,6 +85,9 @@ def backend(request, monkeypatch) -> Backend:
         env = request.getfixturevalue("sky_sandbox")
     elif b.sandbox in CLOUD:
         env = request.getfixturevalue("cloud_fakes").env(b.sandbox)
+    elif b.sandbox in KUBE:
+        kube = request.getfixturevalue("kube_sandbox")
+        env = {**kube.env, "NRUN_KUBE_STORAGE_DIR": kube.storage}
     else:
         env = {}
     if b.option == "nice_spawn":
@@ -250,6 +259,9 @@ def test_original_cwd_is_where_the_code_runs(backend, proj, home):
     elif backend.sandbox in CLOUD:  # the snapshot copied onto the shared storage
         digest = status_json()["sweep"]["artifact"]["digest"]
         assert values()[0] == repr(f"{os.environ['NRUN_CLOUD_STORAGE_DIR']}/.nrun/code/{digest}")
+    elif backend.sandbox in KUBE:  # the snapshot copied onto the volume
+        digest = status_json()["sweep"]["artifact"]["digest"]
+        assert values()[0] == repr(f"{os.environ['NRUN_KUBE_STORAGE_DIR']}/.nrun/code/{digest}")
     else:
         assert values()[0] == repr("/nrun/code" if backend.sandbox == "docker" else str(proj)) or (
             backend.sandbox == "skypilot" and values()[0].endswith(
@@ -341,6 +353,8 @@ def _backend_is_empty(b: Backend, status: dict) -> bool:
             return not client.containers.list(all=True, filters={"label": f"nrun.sweep={sweep}"})
         finally:
             client.close()
+    if b.sandbox in KUBE:  # objects on the apiserver, processes of the fake operator
+        return sweep_is_gone(sweep)
     if b.sandbox in CLOUD:  # the fake's containers of the sweep, in any state
         from cloud_fixtures import live_containers
 
