@@ -11,6 +11,7 @@ import os
 import posixpath
 import shlex
 import subprocess
+import time
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 from nrun_core.errors import BackendError, ConfigError
@@ -109,19 +110,37 @@ class SshTransport:
     def run(self, argv: Sequence[str], *, input: Optional[str] = None,
             timeout: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess:
         """ARGV on the host (every word quoted), with the transport's env exported first."""
-        client = self.connect()
         from nrun_core.shell import exports
 
         line = shlex.join([str(a) for a in argv])
         if self.env:
             line = exports(self.env).replace("\n", "; ") + "; " + line
-        stdin, stdout, stderr = client.exec_command(line, timeout=timeout)
+        stdin, stdout, stderr = self._exec(line, timeout)
         if input is not None:
             stdin.write(input)
         stdin.channel.shutdown_write()
         out = stdout.read().decode(errors="replace")
         err = stderr.read().decode(errors="replace")
         return subprocess.CompletedProcess(list(argv), stdout.channel.recv_exit_status(), out, err)
+
+    def _exec(self, line: str, timeout: float) -> Any:
+        """Open a channel for LINE. A host slow to answer (a loaded machine, sshd busy) or a
+        connection that died gets a new connection and another try, twice, before the error:
+        opening a channel runs nothing, so trying again cannot run a command twice."""
+        import paramiko
+
+        for attempt in range(3):
+            client = self.connect()
+            try:
+                return client.exec_command(line, timeout=timeout)
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                if attempt == 2:
+                    raise BackendError(f"SSH to {self.where}: could not open a session after 3 tries "
+                                       f"({exc or type(exc).__name__})") from None
+                with self._lock:
+                    self.close()
+                time.sleep(1.0 + attempt)
+        raise AssertionError("unreachable")
 
     # SFTP calls hold one lock per connection: paramiko's SFTP client is not safe for requests
     # from several threads at once (one thread can read another's reply and both then wait).

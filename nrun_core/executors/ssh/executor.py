@@ -153,8 +153,8 @@ class SshExecutor(QueuedExecutor):
                 site.check_python()
                 for d in digests:
                     site.code(d)
-            except NrunError as exc:
-                errors[h.name] = str(exc)
+            except Exception as exc:  # a paramiko error too: named here, not a thread's traceback
+                errors[h.name] = str(exc) or type(exc).__name__
 
         threads = [threading.Thread(target=prepare, args=(h,)) for h in self.hosts()]
         for t in threads:
