@@ -63,11 +63,18 @@ def kube_sandbox(tmp_path_factory) -> KubeSandbox:
     from fakes.kube_operator import FakeOperator
 
     storage = str(tmp_path_factory.getbasetemp())
-    operator = FakeOperator(env["KUBECONFIG"]).start()
-    _live["operator"] = operator
+    # One operator per test process: pytest makes a session fixture imported into several modules
+    # once per module, and two operators watching one apiserver would both run a point (its
+    # output twice) or split a sweep's points between them.
+    operator = _live.get("operator")
+    owner = operator is None
+    if owner:
+        operator = FakeOperator(env["KUBECONFIG"]).start()
+        _live["operator"] = operator
     yield KubeSandbox(env=env, operator=operator, storage=storage)
-    _live.pop("operator", None)
-    operator.stop()
+    if owner:
+        _live.pop("operator", None)
+        operator.stop()
 
 
 _live: Dict[str, object] = {}  # the session's operator, for sweep_is_gone()
