@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from typing import Dict
 
 import pytest
 
@@ -248,3 +249,50 @@ def test_plugin_discovery_imports_only_the_registry(tmp_path):
     out = subprocess.run([PYTHON, str(APPS / "sweep_app.py"), "action=modules", f"hydra.run.dir={tmp_path}"],
                          capture_output=True, text=True, cwd=tmp_path, check=True).stdout
     assert "nrun modules: ['nrun_core', 'nrun_core.registry']" in out
+
+
+def _gpu_spans() -> Dict[str, list]:
+    """GPU id -> [(started, ended)] of the points that were given it (from each point's own env)."""
+    import ast
+
+    spans: Dict[str, list] = {}
+    for p in status_json()["points"]:
+        assert p["state"] == "COMPLETED", p
+        for g in ast.literal_eval(p["value_repr"])["CUDA_VISIBLE_DEVICES"].split(","):
+            spans.setdefault(g, []).append((p["started"], p["ended"]))
+    return spans
+
+
+def _overlaps(spans: list) -> bool:
+    spans = sorted(spans)
+    return any(b[0] < a[1] for a, b in zip(spans, spans[1:]))
+
+
+def test_gpus_per_node_gives_each_point_gpus_of_its_own(home, tmp_path):
+    """A sweep on a 3-GPU box (the launching shell lists them): each point sees one GPU, never one
+    another running point holds, and all three are used; two per point leaves room for one point."""
+    gpus = {"CUDA_VISIBLE_DEVICES": "0,1,2"}
+    proc = run_app("sweep_app.py", LOCAL, "action=env", "env_names=[CUDA_VISIBLE_DEVICES]", "x=range(0,7)",
+                   "hydra.launcher.gpus_per_node=1", "hydra.launcher.max_parallel=8", cwd=tmp_path, env=gpus,
+                   check=True)
+    assert "GPUs 0,1,2, 1 per point" in proc.stdout + proc.stderr
+    spans = _gpu_spans()
+    assert set(spans) == {"0", "1", "2"} and sum(map(len, spans.values())) == 7
+    assert not any(_overlaps(s) for s in spans.values())
+    (tmp_path / "two").mkdir()
+    run_app("sweep_app.py", LOCAL, "action=env", "env_names=[CUDA_VISIBLE_DEVICES]", "x=range(0,3)",
+            "hydra.launcher.gpus_per_node=2", cwd=tmp_path / "two", env=gpus, check=True)
+    spans = _gpu_spans()
+    assert set(spans) <= {"0", "1", "2"} and all(len(v) <= 3 for v in spans.values())
+    everything = [s for v in spans.values() for s in v]
+    assert len(everything) == 6 and not _overlaps(list(set(everything)))  # one point at a time, 2 GPUs each
+
+
+def test_gpus_per_node_without_enough_gpus_is_refused_before_anything_runs(home, tmp_path):
+    proc = run_app("sweep_app.py", LOCAL, "x=1,2", "hydra.launcher.gpus_per_node=4", cwd=tmp_path,
+                   env={"CUDA_VISIBLE_DEVICES": "0,1"})
+    assert proc.returncode != 0 and "hydra.launcher.gpus_per_node=4" in proc.stderr and "at most 2" in proc.stderr
+    proc = run_app("sweep_app.py", LOCAL, "x=1,2", "hydra.launcher.gpus_per_node=1", cwd=tmp_path,
+                   env={"CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode != 0 and "shows no GPU" in proc.stderr and "gpus_per_node=0" in proc.stderr
+    assert not (tmp_path / "multirun" / "0").exists()

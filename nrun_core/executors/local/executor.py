@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
-from nrun_core import placement, procs, threads
+from nrun_core import gpus, placement, procs, threads
 from nrun_core.errors import ConfigError
 from nrun_core.executors.base import BackendState, Control, Ended, Event, Request, Started, ENDED, RUNNING
 from nrun_core.executors.queue import GRACE_S, QueuedExecutor, Slot, default_parallelism  # noqa: F401
@@ -116,6 +116,7 @@ class LocalExecutor(QueuedExecutor):
         self._concurrent = 0                 # points at once
         self._user_env: Dict[str, str] = {}
         self._wakeup = _Wakeup()
+        self._gpus: Optional[gpus.Pool] = None  # with gpus_per_node: this machine's GPUs, a few per point
 
     # -- contract ----------------------------------------------------------------------
     def check_options(self) -> None:
@@ -124,6 +125,9 @@ class LocalExecutor(QueuedExecutor):
         if self.opts.nodes != 1:
             raise ConfigError(f"hydra.launcher.nodes={self.opts.nodes}: nrun_local runs on this one "
                               "machine; use nodes=1 (multi-node needs nrun_slurm, nrun_docker, ...)")
+        if (self.opts.gpus_per_node or 0) < 0:
+            raise ConfigError(f"hydra.launcher.gpus_per_node={self.opts.gpus_per_node}: give the GPUs each point "
+                              "gets (0 = none assigned, the points see what the launching shell sees)")
 
     def choose_mode(self, *, packaged: bool) -> None:
         """Fork when the points can run from this very process: the direct launcher, no snapshot."""
@@ -141,7 +145,9 @@ class LocalExecutor(QueuedExecutor):
     def header(self) -> str:
         if self.threads is None:
             return ""
-        return f"{self._concurrent} point(s) at once; " + threads.describe(self.threads, self._user_env)
+        gpu = (f"; GPUs {','.join(self._gpus.ids)}, {self._gpus.per_point} per point"
+               if self._gpus is not None else "")
+        return f"{self._concurrent} point(s) at once; " + threads.describe(self.threads, self._user_env) + gpu
 
     def render(self, specs: Sequence[JobSpec]) -> List[Request]:
         from nrun_core.shell import join
@@ -152,7 +158,9 @@ class LocalExecutor(QueuedExecutor):
         for s in specs:
             where = placement.local(s, sys.executable, self.threads)
             budget = threads.thread_env(self.threads, s.env)
-            env = "".join(f"  {k}={v}\n" for k, v in sorted({**s.env, **budget}.items()))
+            gpu = {} if self._gpus is None else {
+                "CUDA_VISIBLE_DEVICES": f"<{self._gpus.per_point} free of {','.join(self._gpus.ids)}, at its start>"}
+            env = "".join(f"  {k}={v}\n" for k, v in sorted({**s.env, **budget, **gpu}.items()))
             secrets = "".join(f"  {k}=<from the launching shell>\n" for k in s.secret_env)
             out.append(Request(
                 title=f"point {s.index}",
@@ -166,8 +174,17 @@ class LocalExecutor(QueuedExecutor):
         super().start(specs)
 
     # -- QueuedExecutor --------------------------------------------------------------------
+    def can_launch(self, spec: JobSpec) -> bool:
+        return self._gpus is None or self._gpus.can_take()
+
     def launch(self, slot: Slot) -> List[Event]:
-        pid = self._spawn(slot)
+        if self._gpus is not None:
+            slot.extra["gpus"] = self._gpus.take()
+        try:
+            pid = self._spawn(slot)
+        except BaseException:
+            self._give_gpus(slot)
+            raise
         slot.handle = pid
         slot.extra["t0"] = time.time()
         return [Started(idx=slot.spec.index, backend_id=str(pid), pid=pid, pid_start=procs.start_time(pid))]
@@ -198,6 +215,7 @@ class LocalExecutor(QueuedExecutor):
                 self._kill_everything(slot)
             elif code != 0:  # a point that died hard could not end what it started: do it here
                 procs.kill_tagged(slot.token)
+            self._give_gpus(slot)
             events.append(Ended(idx=slot.spec.index, reason="exited", exit_code=code,
                                 detail=procs.describe_exit(code, oom_hint=True), usage=_usage(slot, rusage)))
         return events
@@ -212,11 +230,36 @@ class LocalExecutor(QueuedExecutor):
         if self.threads is None and specs:
             from nrun_core import wrappers
 
-            self._concurrent = min(self.max_parallel, len(specs))
+            self._gpus = self._gpu_pool(specs)
+            self._concurrent = min(self.max_parallel, len(specs), self._gpus.slots if self._gpus else len(specs))
             # torchrun starts nproc_per_node processes per point: they share the point's share
             per_point = wrappers.layout(self.opts.launcher, nodes=1, gpus_per_node=self.opts.gpus_per_node or 0)
             self.threads = threads.budget(threads.host_cores(), self._concurrent * max(1, per_point.nproc_per_node))
             self._user_env = dict(specs[0].env)
+
+    def _gpu_pool(self, specs: Sequence[JobSpec]) -> Optional[gpus.Pool]:
+        """With gpus_per_node: the GPUs points take turns on; refused before anything starts
+        when there are none or too few."""
+        per_point = int(self.opts.gpus_per_node or 0)
+        if not per_point:
+            return None
+        if any("CUDA_VISIBLE_DEVICES" in s.env for s in specs):
+            raise ConfigError("hydra.launcher.env sets CUDA_VISIBLE_DEVICES and gpus_per_node asks nrun to assign "
+                              "GPUs: drop one (to keep a sweep off some GPUs, set CUDA_VISIBLE_DEVICES in the "
+                              "launching shell; nrun hands out only those)")
+        ids = gpus.visible()
+        if not ids:
+            raise ConfigError(f"hydra.launcher.gpus_per_node={per_point} but this machine shows no GPU (nvidia-smi "
+                              "lists none and CUDA_VISIBLE_DEVICES is unset or empty): set gpus_per_node=0, or "
+                              "list the GPUs in CUDA_VISIBLE_DEVICES")
+        if per_point > len(ids):
+            raise ConfigError(f"hydra.launcher.gpus_per_node={per_point} but this machine has {len(ids)} GPU(s) "
+                              f"({','.join(ids)}): lower gpus_per_node to at most {len(ids)}")
+        return gpus.Pool(ids, per_point)
+
+    def _give_gpus(self, slot: Slot) -> None:
+        if self._gpus is not None and slot.extra.get("gpus"):
+            self._gpus.give(slot.extra.pop("gpus"))
 
     def _kill_everything(self, slot: Slot) -> None:
         pid = slot.handle
@@ -229,6 +272,8 @@ class LocalExecutor(QueuedExecutor):
         spec, token = slot.spec, slot.token
         where = placement.local(spec, sys.executable, self.threads)
         env = {**where.env(spec, token=token), **placement.secret_values(spec.secret_env)}
+        if "gpus" in slot.extra:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(slot.extra["gpus"])
         os.makedirs(spec.nrun_dir, exist_ok=True)
         out = os.open(spec.stdout, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         err = os.open(spec.stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
