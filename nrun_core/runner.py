@@ -119,6 +119,7 @@ class Runner:
                 if self.logs is not None:
                     self.logs.pump()
                 self.view.tick()
+            self.executor.finish()
         except KeyboardInterrupt as exc:
             self.stop(exc)
         line = usage_summary([o.usage for o in self.outcomes.values()])
@@ -175,6 +176,10 @@ class Runner:
         """Ctrl-C or SIGTERM: cancel what was started, record it, raise Interrupted."""
         why = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
         self._interrupt(why)
+        try:
+            self.executor.finish()
+        except KeyboardInterrupt:
+            pass
         raise Interrupted(why, 143 if why == "SIGTERM" else 130) from None
 
     def _start_due_retries(self) -> None:

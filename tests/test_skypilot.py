@@ -1,7 +1,7 @@
 """nrun_skypilot against real SkyPilot: the sandbox's API server with the Slurm sandbox as its
 infra (`nrun sandbox skypilot up`). Exercised for real: sky.launch of a cluster (a Slurm job of
 the user nrun-sky), sky.exec per point, workdir sync, sky.tail_logs (live logs, the point's files
-and exit code), sky.cancel from another shell, sky.down. Clouds, spot, GPUs and managed jobs are
+and exit code), sky.cancel from another shell, sky.down, a 2-node cluster with torchrun. Clouds, spot, GPUs and managed jobs are
 only rendered (tests/test_skypilot_render.py): none is reachable here.
 """
 
@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, interruptible, make_project, nrun, states, status_json, wait_for
+from require import missing
 from skypilot_fixtures import sky_env, sky_queue, sky_sandbox  # noqa: F401
 
 
@@ -22,6 +23,14 @@ def sweep(proj: Path, *args: str, timeout: float = 600) -> subprocess.CompletedP
     return subprocess.run([PYTHON, "sweep_app.py", "-m", "hydra/launcher=nrun_skypilot", "hydra.launcher.progress=lines",
                            f"hydra.launcher.cluster_name={os.environ['NRUN_TEST_SKY_CLUSTER']}", *args,
                            f"hydra.sweep.dir={proj.parent}/multirun"],
+                          cwd=proj, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def sweep_on(proj: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """A sweep on clusters nrun makes for it (no cluster_name)."""
+    return subprocess.run([PYTHON, "sweep_app.py", "-m", "hydra/launcher=nrun_skypilot", "hydra.launcher.progress=lines",
+                           *args, f"hydra.sweep.dir={proj.parent}/multirun"],
                           cwd=proj, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
@@ -94,3 +103,67 @@ def test_ctrl_c_cancels_the_running_point(sky_env, home, tmp_path):
     assert states() == {0: "CANCELLED"}
     job = int(status_json()["points"][0]["backend_id"].rsplit("/", 1)[1])
     assert sky_queue(os.environ["NRUN_TEST_SKY_CLUSTER"])[job] == "CANCELLED"
+
+
+@pytest.mark.torch
+def test_two_node_torchrun_on_a_cluster_of_its_own(sky_env, home, tmp_path):
+    """nodes=2 + torchrun: a fresh 2-node SkyPilot cluster (two Slurm nodes), rendezvous from
+    SKYPILOT_NODE_IPS, a gloo all-reduce across both; each point's value comes back from whichever
+    node held rank 0, every node's lines are in nodes.log, and the cluster nrun made is gone after."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        missing("torch", "torch is not installed: pip install -e '.[test]'")
+    proj = make_project(tmp_path, "torch_allreduce.py")
+    proc = subprocess.run([PYTHON, "torch_allreduce.py", "-m", "hydra/launcher=nrun_skypilot", "hydra.launcher.progress=lines",
+                           "nrun/launcher=torchrun", "hydra.launcher.nodes=2", "+x=1,2", "+hydra.launcher.env.OMP_NUM_THREADS=1",
+                           f"hydra.sweep.dir={tmp_path}/multirun"],
+                          cwd=proj, capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    points = status_json()["points"]
+    assert [p["state"] for p in points] == ["COMPLETED", "COMPLETED"]
+    assert all("'world_size': 2, 'sum': 3.0" in p["value_repr"] for p in points)
+    for i in (0, 1):
+        nodes_log = (tmp_path / "multirun" / str(i) / "nodes.log").read_text()
+        assert "[node 0] rank " in nodes_log and "[node 1] rank " in nodes_log
+        assert (tmp_path / "multirun" / str(i) / ".hydra" / "overrides.yaml").exists()
+    cluster = points[0]["backend_id"].rsplit("/", 1)[0]
+    code = f"import sky; print([r['name'] for r in sky.get(sky.status(cluster_names=[{cluster!r}]))])"
+    left = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=120)
+    assert left.returncode == 0 and left.stdout.strip().splitlines()[-1] == "[]", left.stdout + left.stderr
+
+
+def _clusters_left(names) -> list:
+    """Which of these SkyPilot clusters still exist (any state)."""
+    code = f"import sky; print([r['name'] for r in sky.get(sky.status(cluster_names={list(names)!r}))])"
+    out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return __import__("ast").literal_eval(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_retry_runs_on_the_cluster_the_sweep_made_and_it_is_gone_after(sky_env, home, tmp_path):
+    """The one point fails, and while its retry waits nothing is live: the cluster nrun launched
+    must stay up for the retry (teardown comes when the sweep is over, not when it is idle)."""
+    proj = make_project(tmp_path, "flaky_app.py")
+    proc = subprocess.run([PYTHON, "flaky_app.py", "-m", "hydra/launcher=nrun_skypilot", "hydra.launcher.progress=lines",
+                           "hydra.launcher.retries=1", "+x=1", f"hydra.sweep.dir={tmp_path}/multirun"],
+                          cwd=proj, capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    p = status_json()["points"][0]
+    assert p["state"] == "COMPLETED" and p["attempts"] == 2 and "attempt 2" in p["value_repr"], p
+    assert _clusters_left([p["backend_id"].rsplit("/", 1)[0]]) == []
+
+
+def test_clusters_per_point_each_point_its_own_cluster_gone_when_it_ends(sky_env, home, tmp_path):
+    proj = make_project(tmp_path)
+    proc = sweep_on(proj, "x=1,2", "hydra.launcher.clusters=per_point")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    points = status_json()["points"]
+    assert [p["state"] for p in points] == ["COMPLETED", "COMPLETED"]
+    assert "'square': 4" in points[1]["value_repr"]
+    clusters = {p["backend_id"].rsplit("/", 1)[0] for p in points}
+    assert len(clusters) == 2
+    assert _clusters_left(clusters) == []
+    jobs = subprocess.run(["squeue", "-h", "-u", "nrun-sky", "-o", "%j"], capture_output=True, text=True)
+    assert jobs.returncode == 0, jobs.stderr
+    assert not [j for j in jobs.stdout.split() if any(j.startswith(c + "-") for c in clusters)], jobs.stdout

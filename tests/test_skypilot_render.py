@@ -87,29 +87,69 @@ def test_bad_settings_are_named_before_anything_is_sent(home, tmp_path, args, na
     assert names in out.stderr, out.stderr[-2000:]
 
 
-def test_a_points_files_come_back_through_its_log(tmp_path):
-    """The node's end marker carries the job dir; lines before it land in stdout.log."""
-    from nrun_core.executors.skypilot.executor import _LogSink, _unpack
-    from nrun_core.executors.skypilot.remote import BEGIN, END
-
-    src = tmp_path / "node"
+def _tar_b64(src: Path, name: str) -> str:
     (src / ".hydra").mkdir(parents=True)
-    (src / ".hydra" / "config.yaml").write_text("x: 1\n")
+    (src / ".hydra" / "config.yaml").write_text(f"x: {name}\n")
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         tar.add(src, arcname=".")
-    b64 = base64.b64encode(buf.getvalue()).decode()
-    sink = _LogSink(str(tmp_path / "job" / "stdout.log"))
-    prefix = "\x1b[36m(sky-cmd, pid=42)\x1b[0m "
-    log = f"{prefix}point x=1\n{prefix}{BEGIN} s 0\n" + "".join(f"{prefix}{b64[i:i + 76]}\n" for i in
-                                                                  range(0, len(b64), 76)) + f"{prefix}{END} 3\n"
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _end_lines(node: int, code: int, b64: str = "", result: bool = False) -> list:
+    """What remote.py prints when the point ends on that node."""
+    from nrun_core.executors.skypilot.remote import BEGIN, DATA, END
+
+    block = [f"{BEGIN} s 0 node={node} result={int(result)}"] if b64 else []
+    block += [f"{DATA}{node} {b64[i:i + 76]}" for i in range(0, len(b64), 76)]
+    return block + [f"{END} node={node} {code}"]
+
+
+def _feed(sink, log: str) -> None:
     for i in range(0, len(log), 7):  # in pieces, as the stream arrives
         sink.write(log[i:i + 7])
     sink.close()
+
+
+def test_a_points_files_come_back_through_its_log(tmp_path):
+    """The node's end marker carries the job dir; lines before it land in stdout.log."""
+    from nrun_core.executors.skypilot.executor import _LogSink, _unpack
+
+    b64 = _tar_b64(tmp_path / "node", "1")
+    sink = _LogSink(str(tmp_path / "job" / "stdout.log"))
+    prefix = "\x1b[36m(sky-cmd, pid=42)\x1b[0m "
+    _feed(sink, "".join(f"{prefix}{line}\n" for line in ["point x=1", *_end_lines(0, 3, b64)]))
     assert (tmp_path / "job" / "stdout.log").read_text() == "point x=1\n"
     assert sink.exit_code == 3
     _unpack(sink.files, str(tmp_path / "job"))
     assert (tmp_path / "job" / ".hydra" / "config.yaml").read_text() == "x: 1\n"
+
+
+def test_two_nodes_files_come_from_the_node_with_the_result(tmp_path):
+    """torchrun's rank 0 (the one that writes the result) ran on node 1: its files come back, not
+    node 0's; the nodes' interleaved lines stay whole and marked; a failed node fails the point."""
+    from nrun_core.executors.skypilot.executor import _LogSink, _unpack
+
+    head = _end_lines(0, 0, _tar_b64(tmp_path / "n0", "node0"))
+    worker = _end_lines(1, 0, _tar_b64(tmp_path / "n1", "node1"), result=True)
+    lines = [("0", "hello from node 0"), ("1", "hello from node 1")]
+    for a, b in zip(head + [""] * len(worker), worker + [""] * len(head)):  # line by line, alternating
+        lines += [("0", a)] * bool(a) + [("1", b)] * bool(b)
+    log = "".join(f"\x1b[36m(head, rank={n}, pid=4{n})\x1b[0m {text}\n" for n, text in lines)
+    sink = _LogSink(str(tmp_path / "job" / "stdout.log"), nodes=2)
+    _feed(sink, log)
+    assert (tmp_path / "job" / "stdout.log").read_text() == "[node 0] hello from node 0\n[node 1] hello from node 1\n"
+    assert sink.exit_code == 0
+    _unpack(sink.files, str(tmp_path / "job"))
+    assert (tmp_path / "job" / ".hydra" / "config.yaml").read_text() == "x: node1\n"
+
+    sink = _LogSink(str(tmp_path / "job2" / "stdout.log"), nodes=2)
+    _feed(sink, "".join(f"(head, rank={n}, pid=1) {t}\n" for n, t in
+                        [(0, x) for x in _end_lines(0, 0, "")] + [(1, x) for x in _end_lines(1, 7, "")]))
+    assert sink.exit_code == 7 and sink.files is None
+    sink = _LogSink(str(tmp_path / "job3" / "stdout.log"), nodes=2)
+    _feed(sink, "".join(f"(head, rank=0, pid=1) {t}\n" for t in _end_lines(0, 0, "")))
+    assert sink.exit_code is None  # node 1 never said how it ended: not a success
 
 
 def test_files_that_would_land_outside_the_job_dir_are_refused(tmp_path):

@@ -169,6 +169,10 @@ class Executor(ABC):
     def busy(self) -> bool:
         """True while any point started here has not been reported Ended."""
 
+    def finish(self) -> None:
+        """The sweep is over: nothing live and no retry due. Release what the whole sweep held
+        (SkyPilot clusters). Not ``busy() == False``: that also happens while a retry waits."""
+
     @classmethod
     def control(cls, sweep: Dict[str, Any]) -> Control:
         return cls.control_class(sweep)

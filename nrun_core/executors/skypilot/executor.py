@@ -16,8 +16,9 @@ Decisions:
   dir arrives at the end as a base64 tar (see remote.py), unpacked with tarfile's data filter.
 - Cancel and timeout: sky.cancel of the point's job (or sky.api_cancel of a launch still in
   flight); from another shell through SkypilotControl (backend id "<cluster>/<job id>").
-- Teardown when the sweep has nothing left to run: auto downs the clusters nrun created and keeps
-  a named one that was already there; down / stop / keep as asked.
+- Teardown when the sweep is over (not while a retry waits): auto downs the clusters nrun created
+  and keeps a named one that was already there; down / stop / keep as asked. per_point: each
+  point's cluster as soon as that point ends (and SkyPilot's own autodown if the launcher dies).
 - Secrets (secret_env) go as the task's SkyPilot ``secrets``: never in our store or the dry run.
 """
 
@@ -34,7 +35,7 @@ import subprocess
 import tarfile
 import threading
 import base64
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait as wait_all
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -86,6 +87,7 @@ class SkypilotExecutor(QueuedExecutor):
         self._cluster_up: Dict[str, bool] = {}      # cluster -> existed before this sweep
         self._created: List[str] = []
         self._staged: Optional[str] = None
+        self._runs: List[Future] = []
         self._torn_down = False
 
     # -- contract ------------------------------------------------------------------------------
@@ -137,7 +139,7 @@ class SkypilotExecutor(QueuedExecutor):
         o = self.opts
         args = f"retry_until_up={bool(o.retry_until_up)}, idle_minutes_to_autostop={o.idle_minutes_to_autostop}"
         if o.clusters == "per_point":
-            return f"sky.launch(cluster_name={self.cluster_name(s)!r}, {args}, down={o.teardown != 'keep' or o.autodown})"
+            return f"sky.launch(cluster_name={self.cluster_name(s)!r}, {args}, down={o.teardown in ('auto', 'down') or bool(o.autodown)})"
         if first:
             return (f"sky.launch(cluster_name={self.cluster_name()!r}, {args}, down={bool(o.autodown)}), "
                     "or sky.exec if that cluster is up")
@@ -209,7 +211,7 @@ class SkypilotExecutor(QueuedExecutor):
         slot.handle = p
         self._points[slot.spec.index] = p
         assert self._pool is not None
-        self._pool.submit(self._run, p)
+        self._runs.append(self._pool.submit(self._run, p))
         return []
 
     def signal(self, slot: Slot, kill: bool) -> None:
@@ -232,10 +234,11 @@ class SkypilotExecutor(QueuedExecutor):
                 out.append(msg[2])
         return out
 
-    def idle(self) -> None:
+    def finish(self) -> None:
         if self._torn_down or self._pool is None:
             return
         self._torn_down = True
+        wait_all(self._runs)  # per_point: the points' clusters are being taken down
         self._teardown()
 
     # -- SkyPilot (pool threads) ---------------------------------------------------------------
@@ -267,7 +270,7 @@ class SkypilotExecutor(QueuedExecutor):
                     p.request = sky.launch(task, cluster_name=p.cluster, retry_until_up=bool(self.opts.retry_until_up),
                                            idle_minutes_to_autostop=self.opts.idle_minutes_to_autostop,
                                            down=bool(self.opts.autodown) or (
-                                               self.opts.clusters == "per_point" and self.opts.teardown != "keep"))
+                                               self.opts.clusters == "per_point" and self.opts.teardown in ("auto", "down")))
                 else:
                     p.request = sky.exec(task, cluster_name=p.cluster)
                 job_id, _ = sky.get(p.request)
@@ -288,6 +291,8 @@ class SkypilotExecutor(QueuedExecutor):
         if p.cancel:
             self._cancel(p)
         self._msgs.put(("ended", p, self._follow(p)))
+        if self.opts.clusters == "per_point" and self.opts.teardown != "keep":
+            self._end_clusters([p.cluster])
 
     def _needs_launch(self, p: _Point) -> bool:
         """Shared cluster: the first point launches it (unless it is already up); the others wait."""
@@ -342,7 +347,7 @@ class SkypilotExecutor(QueuedExecutor):
         import sky
 
         spec = p.slot.spec
-        sink = _LogSink(spec.stdout)
+        sink = _LogSink(spec.stdout, nodes=spec.nodes)
         try:
             if self.opts.managed:
                 code = sky.jobs.tail_logs(job_id=p.job_id, follow=True, output_stream=sink)
@@ -354,6 +359,8 @@ class SkypilotExecutor(QueuedExecutor):
         sink.close()
         if sink.files is not None:
             try:
+                if spec.nodes > 1:  # every node's lines, each marked with its node; stdout.log is the reporting node's
+                    os.replace(spec.stdout, os.path.join(spec.job_dir, "nodes.log"))
                 _unpack(sink.files, spec.job_dir)
             except Exception as exc:  # noqa: BLE001
                 return Ended(idx=spec.index, reason="exited", exit_code=sink.exit_code,
@@ -362,7 +369,7 @@ class SkypilotExecutor(QueuedExecutor):
         if p.cancel:
             return Ended(idx=spec.index, reason="cancelled", exit_code=exit_code)
         if sink.exit_code is None and not exit_code:
-            exit_code = 1  # no end marker: the job died before the point could report
+            exit_code = 1  # a node without an end marker: it died before the point could report
         from nrun_core.procs import describe_exit
 
         detail = f"{p.cluster} job {p.job_id}: {describe_exit(exit_code)}" if exit_code else ""
@@ -385,26 +392,29 @@ class SkypilotExecutor(QueuedExecutor):
     def _teardown(self) -> None:
         """After the sweep: down/stop the clusters the policy says (pool threads are idle now)."""
         how = self.opts.teardown
-        if self.opts.managed or how == "keep":
+        if self.opts.managed or how == "keep" or self.opts.clusters == "per_point":  # per_point: done per point
             return
-        if self.opts.clusters == "per_point":
-            clusters = [] if how == "auto" else sorted({self.cluster_name(p.slot.spec) for p in self._points.values()})
-        elif how == "auto":
-            clusters = list(self._created) if self.opts.cluster_name is None else []
+        if how == "auto":
+            self._end_clusters(list(self._created) if self.opts.cluster_name is None else [])
         else:
-            clusters = [self.cluster_name()]
+            self._end_clusters([self.cluster_name()])
+
+    def _end_clusters(self, clusters: List[str]) -> None:
+        """Down (or stop, as teardown says) these clusters; a failure is named, not raised."""
         if not clusters:
             return
         import sky
 
+        how = "stop" if self.opts.teardown == "stop" else "down"
         for c in clusters:
             try:
                 sky.get(sky.stop(c) if how == "stop" else sky.down(c))
             except Exception as exc:  # noqa: BLE001
+                if "does not exist" in str(exc):  # SkyPilot's own autodown was first
+                    continue
                 import sys
 
-                print(f"nrun: could not {'stop' if how == 'stop' else 'down'} SkyPilot cluster {c}: {_why(exc)}; "
-                      f"run `sky down {c}`", file=sys.stderr)
+                print(f"nrun: could not {how} SkyPilot cluster {c}: {_why(exc)}; run `sky {how} {c}`", file=sys.stderr)
 
     def _abandon(self) -> None:
         """atexit: the launcher leaves with jobs running: cancel them."""
@@ -416,23 +426,28 @@ class SkypilotExecutor(QueuedExecutor):
                 self._cancel(p)
 
 
-_PREFIX = re.compile(r"^(\x1b\[[0-9;]*m)?\([^()]*pid=\d+[^()]*\)(\x1b\[0m)? ?")
+_PREFIX = re.compile(r"^(\x1b\[[0-9;]*m)?\(([^()]*)pid=\d+[^()]*\)(\x1b\[0m)? ?")
+_RANK = re.compile(r"\brank=(\d+)")
 
 
 class _LogSink(io.TextIOBase):
-    """sky.tail_logs' output stream: lines into the point's stdout.log, the end marker's files
-    and exit code kept aside."""
+    """sky.tail_logs' output stream: lines into the point's stdout.log (each marked with its node
+    when there are several); the nodes' end markers kept aside: their exit codes, and the files of
+    the node that holds the result (else node 0's)."""
 
-    def __init__(self, path: str) -> None:
-        from nrun_core.executors.skypilot.remote import BEGIN, END
+    def __init__(self, path: str, nodes: int = 1) -> None:
+        from nrun_core.executors.skypilot.remote import BEGIN, DATA, END
 
-        self._begin, self._end = BEGIN, END
+        self._begin, self._data, self._end = BEGIN, DATA, END
+        self._nodes = nodes
         os.makedirs(os.path.dirname(path), exist_ok=True)
         self._f = open(path, "a")
         self._buf = ""
-        self._in: Optional[List[str]] = None
+        self._parts: Dict[int, List[str]] = {}
+        self._result: Dict[int, bool] = {}
+        self._codes: Dict[int, int] = {}
         self.files: Optional[bytes] = None
-        self.exit_code: Optional[int] = None
+        self.exit_code: Optional[int] = None  # None: some node never reported its end
 
     def writable(self) -> bool:
         return True
@@ -445,27 +460,43 @@ class _LogSink(io.TextIOBase):
         return len(text)
 
     def _line(self, line: str) -> None:
-        line = _PREFIX.sub("", line, count=1)  # SkyPilot's "(task, pid=N) " before each line
+        node = None
+        m = _PREFIX.match(line)  # SkyPilot's "(task, pid=N) " or "(head, rank=1, pid=N) " before each line
+        if m:
+            r = _RANK.search(m.group(2))
+            node = int(r.group(1)) if r else None
+            line = line[m.end():]
         bare = line.strip()
-        if self._in is not None:
-            if self._end in bare:
-                self.files = base64.b64decode("".join(self._in))
-                self.exit_code = int(bare.split()[-1])
-                self._in = None
-            else:
-                self._in.append(bare.split()[-1] if bare else "")
-            return
-        if self._begin in bare:
-            self._in = []
-            return
-        self._f.write(line + "\n")
-        self._f.flush()
+        if bare.startswith(self._begin):
+            fields = _fields(bare)
+            n = int(fields.get("node", 0))
+            self._parts[n], self._result[n] = [], fields.get("result") == "1"
+        elif bare.startswith(self._data):
+            head, _, chunk = bare.partition(" ")
+            self._parts.setdefault(int(head[len(self._data):] or 0), []).append(chunk)
+        elif bare.startswith(self._end):
+            self._codes[int(_fields(bare).get("node", 0))] = int(bare.split()[-1])
+        else:
+            tag = f"[node {node}] " if self._nodes > 1 and node is not None else ""
+            self._f.write(tag + line + "\n")
+            self._f.flush()
 
     def close(self) -> None:
         if self._buf:
             self._line(self._buf)
             self._buf = ""
         self._f.close()
+        shipped = sorted(n for n in self._parts if n in self._codes)
+        if shipped:
+            chosen = next((n for n in shipped if self._result.get(n)), shipped[0])
+            self.files = base64.b64decode("".join(self._parts[chosen]))
+        if len(self._codes) >= self._nodes:
+            self.exit_code = next((c for _, c in sorted(self._codes.items()) if c), 0)
+
+
+def _fields(line: str) -> Dict[str, str]:
+    """key=value words of a marker line."""
+    return dict(w.split("=", 1) for w in line.split() if "=" in w)
 
 
 def _unpack(data: bytes, job_dir: str) -> None:

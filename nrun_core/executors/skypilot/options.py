@@ -40,8 +40,8 @@ class SkypilotConf(NrunConf):
     # cluster named after the sweep, created for it and taken down after it (teardown=auto).
     cluster_name: Optional[str] = None
     # shared: every point is a `sky exec` job on one cluster (SkyPilot queues them by resources);
-    # per_point: every point launches a cluster of its own (taken down when the point ends unless
-    # teardown=keep).
+    # per_point: every point launches a cluster of its own, taken down (or stopped, teardown=stop)
+    # as soon as that point ends, unless teardown=keep.
     clusters: str = "shared"
     # After the sweep: auto (down the clusters nrun created, keep a named existing one), down,
     # stop, keep.

@@ -6,9 +6,12 @@ Standard library only (3.8+): the node's Python may lack nrun. Called from the t
 
 It unpacks the sweep's code once per node (nrun's own safe unpacker), gives the point a job dir
 of its own under ``remote_dir`` (the launcher's absolute path rarely exists there), runs the point
-runtime with its stdout/stderr going both to the job dir's logs and to SkyPilot's job log, and,
-on node 0, ends by printing the job dir (`.hydra/`, outputs, result) as a base64 tar between
-marker lines: SkyPilot's log is the one channel every infra has, so the files come back through it.
+runtime with its stdout/stderr going both to the job dir's logs and to SkyPilot's job log, and
+ends by printing its exit code and the job dir (`.hydra/`, outputs, result) as a base64 tar in
+marked lines: SkyPilot's log is the one channel every infra has, so the files come back through it.
+Multi-node: every node prints its exit code; the files come from the node whose worker wrote the
+result (torchrun's rank 0 may land on any node) and from node 0. Each marked line names its node,
+so the nodes' interleaved lines are told apart whatever SkyPilot puts before them.
 SIGTERM/SIGINT (sky cancel) go to the point's whole process group.
 """
 
@@ -22,9 +25,11 @@ import subprocess
 import sys
 import tarfile
 import threading
+from pathlib import Path
 
-BEGIN = "@@nrun-sky-files-begin"
-END = "@@nrun-sky-files-end"
+BEGIN = "@@nrun-sky-files-begin"   # BEGIN <sweep> <index> node=<rank> result=<0|1>
+DATA = "@@nrun-sky-data"           # DATA<rank> <base64 chunk>
+END = "@@nrun-sky-files-end"       # END node=<rank> <exit code>
 LINE = 76
 
 
@@ -62,8 +67,11 @@ def main(argv):
     import nrun_unpack  # nrun's safe unpacker, shipped beside this file
 
     code_dir = os.path.join(root, "code", point["artifact"])
-    if nrun_unpack.main([os.path.join(os.getcwd(), point["archive"]), code_dir]) != 0:
-        return 2  # the unpacker said why (refused archive, limits)
+    try:
+        nrun_unpack.unpack(Path(os.getcwd(), point["archive"]), Path(code_dir))
+    except nrun_unpack.UnpackError as e:  # a refused archive, over a limit: say why, run nothing
+        sys.stderr.write("nrun unpack: %s\n" % e)
+        return 2
     rank = int(os.environ.get("SKYPILOT_NODE_RANK", "0") or 0)
     job_dir = os.path.join(root, "jobs", point["sweep_id"], "%s-a%s" % (point["index"], point["attempt"]),
                            point["job_name"])
@@ -105,13 +113,15 @@ def main(argv):
         t.join()
     out.close()
     err.close()
-    if rank == 0:
+    has_result = os.path.exists(env["NRUN_RESULT_FILE"])
+    block = ""
+    if rank == 0 or has_result:
         text = _files(job_dir, int(float(point["max_files_mb"]) * 1024 * 1024))
-        lines = [text[i:i + LINE] for i in range(0, len(text), LINE)]
-        with lock:
-            log.write(("\n%s %s %s\n%s\n%s %d\n" % (BEGIN, point["sweep_id"], point["index"], "\n".join(lines),
-                                                    END, code)).encode())
-            log.flush()
+        block = "%s %s %s node=%d result=%d\n" % (BEGIN, point["sweep_id"], point["index"], rank, has_result)
+        block += "".join("%s%d %s\n" % (DATA, rank, text[i:i + LINE]) for i in range(0, len(text), LINE))
+    with lock:
+        log.write(("\n%s%s node=%d %d\n" % (block, END, rank, code)).encode())
+        log.flush()
     return code if code >= 0 else 128 - code
 
 
