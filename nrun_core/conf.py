@@ -164,8 +164,8 @@ class SlurmConf(NrunConf):
 
 
 @dataclass
-class DockerConf(NrunConf):
-    """`hydra/launcher=nrun_docker`: each point in its own container(s) on a Docker engine."""
+class ContainerConf(NrunConf):
+    """Options of every launcher whose points run in a container image (docker, the cloud ones)."""
 
     # Image to run (required), e.g. "python:3.11" or "nvcr.io/nvidia/pytorch:24.05-py3".
     image: Optional[str] = None
@@ -173,6 +173,11 @@ class DockerConf(NrunConf):
     python: str = "python3"
     # Words put before the point's command, e.g. ["nsys", "profile", "-o", "prof"].
     command_prefix: List[str] = field(default_factory=list)
+
+
+@dataclass
+class DockerConf(ContainerConf):
+    """`hydra/launcher=nrun_docker`: each point in its own container(s) on a Docker engine."""
     # GPUs per container: null = gpus_per_node, -1 = all, N = N (needs a GPU runtime).
     num_gpus: Optional[int] = None
     # Raw device requests, each {driver, count, device_ids, capabilities, options}.

@@ -20,7 +20,7 @@ from typing import Dict, List
 import pytest
 
 from docker_fixtures import docker_sandbox  # noqa: F401  (requested below)
-from require import missing
+from require import missing, pointed_at
 
 LEPTON_STORAGE = "node-nfs:nrun-test"
 RUNAI_PVC = "nrun-test-pvc"
@@ -83,15 +83,13 @@ def cloud_fakes(docker_sandbox, tmp_path_factory) -> CloudFakes:  # noqa: F811
 
 @pytest.fixture
 def lepton_env(cloud_fakes, monkeypatch) -> CloudFakes:
-    for k, v in cloud_fakes.env("lepton").items():
-        monkeypatch.setenv(k, v)
+    pointed_at(cloud_fakes.env("lepton"), monkeypatch)
     return cloud_fakes
 
 
 @pytest.fixture
 def dgx_env(cloud_fakes, monkeypatch) -> CloudFakes:
-    for k, v in cloud_fakes.env("dgxcloud").items():
-        monkeypatch.setenv(k, v)
+    pointed_at(cloud_fakes.env("dgxcloud"), monkeypatch)
     return cloud_fakes
 
 

@@ -16,31 +16,19 @@ from typing import Any
 import pytest
 
 from nrun_core.sandbox import docker as docker_sandbox_mod
-from require import missing, required
-
-
-def _missing(msg: str, need: str = "docker") -> None:
-    missing(need, msg)
+from require import pointed_at, required, sandbox_env
 
 
 @pytest.fixture(scope="session")
 def docker_sandbox() -> dict[str, str]:
     """The sandbox's client environment (DOCKER_HOST, NRUN_SANDBOX_IMAGE, ...) once usable."""
-    ok, report = docker_sandbox_mod.status()
-    if not ok:
-        _missing("the Docker sandbox is not up: run `nrun sandbox docker up` "
-                 f"(or `python -m nrun_core.sandbox.docker up`)\n{report}")
-    return docker_sandbox_mod.env()
+    return sandbox_env("docker", "Docker", docker_sandbox_mod)
 
 
 @pytest.fixture
-def docker_env(
-    docker_sandbox: dict[str, str], monkeypatch: pytest.MonkeyPatch
-) -> Iterator[dict[str, str]]:
+def docker_env(docker_sandbox: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """os.environ pointed at the sandbox engine for one test (docker-py and the CLI read it)."""
-    for key, value in docker_sandbox.items():
-        monkeypatch.setenv(key, value)
-    yield dict(os.environ)
+    return pointed_at(docker_sandbox, monkeypatch)
 
 
 @pytest.fixture(scope="session")

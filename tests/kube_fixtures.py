@@ -18,7 +18,7 @@ from typing import Dict, List
 
 import pytest
 
-from require import missing
+from require import missing, pointed_at
 
 
 @dataclass
@@ -82,9 +82,7 @@ _live: Dict[str, object] = {}  # the session's operator, for sweep_is_gone()
 
 @pytest.fixture
 def kube_env(kube_sandbox, monkeypatch) -> KubeSandbox:
-    for k, v in kube_sandbox.env.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setenv("NRUN_KUBE_STORAGE_DIR", kube_sandbox.storage)
+    pointed_at({**kube_sandbox.env, "NRUN_KUBE_STORAGE_DIR": kube_sandbox.storage}, monkeypatch)
     return kube_sandbox
 
 

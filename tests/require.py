@@ -8,7 +8,7 @@ imports nothing of theirs (no circular import through conftest).
 from __future__ import annotations
 
 import os
-from typing import NoReturn
+from typing import Any, Dict, NoReturn
 
 import pytest
 
@@ -23,3 +23,20 @@ def missing(backend: str, msg: str) -> NoReturn:
     if required(backend):
         pytest.fail(f"NRUN_REQUIRE={backend} but {msg}", pytrace=False)
     pytest.skip(msg)
+
+
+def sandbox_env(backend: str, title: str, sandbox: Any) -> Dict[str, str]:
+    """The client environment of ``nrun sandbox BACKEND`` (the module SANDBOX) once its status
+    says it is usable; ``missing`` with how to bring it up otherwise."""
+    ok, report = sandbox.status()
+    if not ok:
+        missing(backend, f"the {title} sandbox is not up: run `nrun sandbox {backend} up` "
+                         f"(or `python -m {sandbox.__name__} up`)\n{report}")
+    return sandbox.env()
+
+
+def pointed_at(env: Dict[str, str], monkeypatch: Any) -> Dict[str, str]:
+    """os.environ with ENV set for one test (undone after it); the whole environment."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return dict(os.environ)

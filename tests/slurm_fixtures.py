@@ -8,10 +8,8 @@ skipping it, so CI cannot pass by silently skipping the real backend.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-from collections.abc import Iterator
 from typing import List
 
 import pytest
@@ -19,30 +17,19 @@ import pytest
 from conftest import APPS, PYTHON, interruptible
 
 from nrun_core.sandbox import slurm
-from require import missing
+from require import pointed_at, sandbox_env
 
 
 @pytest.fixture(scope="session")
 def slurm_cluster() -> dict[str, str]:
     """The sandbox's client environment ({"SLURM_CONF": ...}) once the cluster is usable."""
-    ok, report = slurm.status()
-    if not ok:
-        msg = (
-            "the Slurm sandbox is not up: run `nrun sandbox slurm up` "
-            f"(or `python -m nrun_core.sandbox.slurm up`)\n{report}"
-        )
-        missing("slurm", msg)
-    return slurm.env()
+    return sandbox_env("slurm", "Slurm", slurm)
 
 
 @pytest.fixture
-def slurm_env(
-    slurm_cluster: dict[str, str], monkeypatch: pytest.MonkeyPatch
-) -> Iterator[dict[str, str]]:
+def slurm_env(slurm_cluster: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """os.environ pointed at the sandbox for one test (submitit and sbatch read SLURM_CONF)."""
-    for key, value in slurm_cluster.items():
-        monkeypatch.setenv(key, value)
-    yield dict(os.environ)
+    return pointed_at(slurm_cluster, monkeypatch)
 
 
 @pytest.fixture

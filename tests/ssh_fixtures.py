@@ -10,24 +10,20 @@ from typing import Any, Dict, List
 import pytest
 import yaml
 
-from require import missing
+from require import pointed_at, sandbox_env
 
 
 @pytest.fixture(scope="session")
 def ssh_sandbox() -> Dict[str, str]:
     from nrun_core.sandbox import ssh
 
-    ok, report = ssh.status()
-    if not ok:
-        missing("ssh", f"the SSH sandbox is not up: run `nrun sandbox ssh up`\n{report}")
-    return ssh.env()
+    return sandbox_env("ssh", "SSH", ssh)
 
 
 @pytest.fixture
 def ssh_env(ssh_sandbox: Dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Dict[str, str]:
     """os.environ pointed at the sandbox's hosts for one test: `hydra/launcher=nrun_ssh` alone targets them."""
-    for k, v in ssh_sandbox.items():
-        monkeypatch.setenv(k, v)
+    pointed_at(ssh_sandbox, monkeypatch)
     return ssh_sandbox
 
 

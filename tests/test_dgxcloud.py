@@ -9,17 +9,18 @@ not per status call; only retryable errors are retried; a vanished workload is a
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from cloud_checks import (assert_in_no_file, cancel_running_sweep, check_call_budget, check_deleted_behind_nrun_is_lost,
+                          check_two_node_allreduce, check_wrong_credential, cloud_sweep, twenty_point_calls, vanish)
 from cloud_fixtures import RUNAI_CLIENT, RUNAI_PROJECT, cloud_fakes, dgx_env  # noqa: F401
 from docker_fixtures import docker_sandbox, docker_torch_image  # noqa: F401
-from conftest import PYTHON, make_project, nrun, states, status_json, wait_for
+from conftest import make_project, nrun, status_json, wait_for
 from nrun_core.errors import BackendError, ConfigError
 
 
@@ -28,13 +29,7 @@ def proj(tmp_path: Path) -> Path:
     return make_project(tmp_path)
 
 
-def sweep(fakes, proj: Path, *args: str, env=None, timeout: float = 300, wait: bool = True):
-    cmd = [PYTHON, "sweep_app.py", "-m", *fakes.args("dgxcloud"), "hydra.launcher.progress=lines", *args,
-           f"hydra.sweep.dir={proj.parent}/multirun"]
-    full = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    if not wait:
-        return subprocess.Popen(cmd, cwd=proj, env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(cmd, cwd=proj, env=full, capture_output=True, text=True, timeout=timeout)
+sweep = partial(cloud_sweep, "dgxcloud")  # (fakes, proj, *overrides, env=, timeout=, wait=)
 
 
 def client(fakes):
@@ -42,13 +37,6 @@ def client(fakes):
 
     return RunAI(SimpleNamespace(base_url=None, client_id=RUNAI_CLIENT, client_secret_env="RUNAI_CLIENT_SECRET",
                                  request_timeout_s=10.0))
-
-
-def _state(idx: int):
-    try:
-        return states().get(idx)
-    except (AssertionError, ValueError):
-        return None
 
 
 def test_three_points_return_real_values_and_no_secret_leaks(dgx_env, proj, home, tmp_path):
@@ -67,10 +55,7 @@ def test_three_points_return_real_values_and_no_secret_leaks(dgx_env, proj, home
     secret = os.environ["RUNAI_CLIENT_SECRET"]
     with fake.lock:
         tokens = [t.encode() for t in fake.tokens]                             # every token the fake issued
-    for path in [*home.rglob("*"), *(tmp_path / "multirun").rglob("*")]:
-        if path.is_file():
-            data = path.read_bytes()
-            assert secret.encode() not in data and not any(t in data for t in tokens), path
+    assert_in_no_file([home, tmp_path / "multirun"], [secret.encode(), *tokens])
     assert secret not in proc.stdout + proc.stderr + nrun("show", "last", "--json").stdout
     assert "HTTP Request" not in proc.stdout + proc.stderr                     # no line per API call
 
@@ -78,13 +63,7 @@ def test_three_points_return_real_values_and_no_secret_leaks(dgx_env, proj, home
 def test_cancel_suspends_with_post_then_deletes(dgx_env, proj, home):
     fake = dgx_env.runai
     start = len(fake.calls)
-    proc = sweep(dgx_env, proj, "x=1,2", "action=sleep", "seconds=300", "hydra.launcher.wait=false")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    wait_for(lambda: set(states().values()) == {"RUNNING"}, timeout=180)
-    sid = status_json()["sweep"]["id"]
-    out = nrun("cancel", "last", timeout=120)
-    assert out.returncode == 0, out.stdout + out.stderr
-    wait_for(lambda: set(states().values()) == {"CANCELLED"}, timeout=90)
+    sid = cancel_running_sweep(partial(sweep, dgx_env, proj))
     calls = fake.calls[start:]
     suspends = [c for c in calls if c.path.endswith("/suspend")]
     assert len(suspends) >= 2 and {c.method for c in suspends} == {"POST"} and all(c.status == 202 for c in suspends)
@@ -94,13 +73,8 @@ def test_cancel_suspends_with_post_then_deletes(dgx_env, proj, home):
 
 def test_wrong_secret_is_an_auth_error_naming_the_variable(dgx_env, proj, home, monkeypatch):
     fake = dgx_env.runai
-    before = len(fake.calls_matching("POST", r"/workloads/"))
-    monkeypatch.setenv("RUNAI_CLIENT_SECRET", "not-the-secret")
-    proc = sweep(dgx_env, proj, "x=1")
-    assert proc.returncode != 0
-    assert "401" in proc.stderr and "RUNAI_CLIENT_SECRET" in proc.stderr and "Fix:" in proc.stderr
-    assert "Traceback" not in proc.stderr and "not-the-secret" not in proc.stderr
-    assert len(fake.calls_matching("POST", r"/workloads/")) == before
+    check_wrong_credential(partial(sweep, dgx_env, proj), monkeypatch, "RUNAI_CLIENT_SECRET",
+                           lambda: len(fake.calls_matching("POST", r"/workloads/")))
 
 
 def test_token_is_cached_and_renewed_once_it_expires(dgx_env):
@@ -137,31 +111,14 @@ def test_only_retryable_errors_are_retried(dgx_env):
 
 def test_a_workload_deleted_behind_nrun_is_a_lost_point(dgx_env, proj, home):
     fake = dgx_env.runai
-    launcher = sweep(dgx_env, proj, "x=1", "action=ok,sleep", "seconds=300", wait=False)
-    try:
-        wait_for(lambda: _state(1) == "RUNNING", timeout=180)
-        wid = status_json()["points"][1]["backend_id"].split("/", 1)[1]
-        with fake.lock:
-            fake.workloads.pop(wid)
-            reps = fake.replicas.pop(wid)
-        fake.docker.remove(reps)
-        out, err = launcher.communicate(timeout=120)
-    finally:
-        launcher.kill()
-    assert launcher.returncode != 0 and "Traceback" not in err
-    assert states() == {0: "COMPLETED", 1: "LOST"}
-    assert "vanished" in status_json()["points"][1]["error"]
+    check_deleted_behind_nrun_is_lost(partial(sweep, dgx_env, proj), lambda: vanish(
+        fake, fake.workloads, status_json()["points"][1]["backend_id"].split("/", 1)[1]))
 
 
 def test_twenty_points_cost_a_bounded_number_of_api_calls(dgx_env, proj, home):
     """Per point: one create, a few status polls (backoff), one delete; one token per sweep."""
     fake = dgx_env.runai
-    start = len(fake.calls)
-    fake.peak_jobs = 0
-    proc = sweep(dgx_env, proj, "x=range(20)", "hydra.launcher.max_parallel=10")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert set(states().values()) == {"COMPLETED"}
-    calls = fake.calls[start:]
+    calls = twenty_point_calls(fake, partial(sweep, dgx_env, proj))
     creates = [c for c in calls if c.method == "POST" and c.path.endswith("/workloads/trainings")]
     gets = [c for c in calls if c.method == "GET" and "/workloads/trainings/" in c.path]
     deletes = [c for c in calls if c.method == "DELETE"]
@@ -169,14 +126,9 @@ def test_twenty_points_cost_a_bounded_number_of_api_calls(dgx_env, proj, home):
     per_point: dict = {}
     for c in gets:
         per_point[c.path] = per_point.get(c.path, 0) + 1
-    report = {"creates": len(creates), "status_gets": len(gets), "deletes": len(deletes), "tokens": len(tokens),
-              "max_gets_per_point": max(per_point.values()), "calls_per_point": round(len(calls) / 20, 2),
-              "peak_jobs": fake.peak_jobs}
-    print("dgxcloud 20-point sweep API calls:", json.dumps(report))
+    check_call_budget("dgxcloud", fake, calls, per_point, {"creates": len(creates), "status_gets": len(gets),
+                                                           "deletes": len(deletes), "tokens": len(tokens)}, fixed_calls=5)
     assert len(creates) == 20 and len(deletes) == 20 and len(tokens) == 1
-    assert max(per_point.values()) <= 12
-    assert 2 <= fake.peak_jobs <= 10                                       # one job per point, max_parallel=10
-    assert len(calls) <= 20 * 14 + 5
 
 
 def test_a_command_that_cannot_start_is_explained(dgx_env, proj, home):
@@ -188,19 +140,9 @@ def test_a_command_that_cannot_start_is_explained(dgx_env, proj, home):
 
 
 def test_two_node_torchrun_point_all_reduces_across_replicas(dgx_env, docker_torch_image, home, tmp_path):
-    from test_lepton import allreduce_logs, allreduce_sweep
-
     fake = dgx_env.runai
-    proc = allreduce_sweep(dgx_env, "dgxcloud", tmp_path, docker_torch_image)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    p = status_json()["points"][0]
-    assert p["state"] == "COMPLETED"
-    assert "'world_size': 2, 'sum': 3.0, 'expected': 3.0" in p["value_repr"]
-    sid = status_json()["sweep"]["id"]
+    sid, logs = check_two_node_allreduce(dgx_env, fake, "dgxcloud", tmp_path, docker_torch_image)
     name = f"nrun-{sid.lower()}-0"
-    logs = allreduce_logs(tmp_path)
     # a distributed workload's master and worker, each its own pod, met at the master's address
     assert f"host={name}-master-0 " in logs and f"host={name}-worker-0 " in logs
-    assert "rank 0/2" in logs and "rank 1/2" in logs
     assert len(fake.calls_matching("POST", r"/workloads/distributed$")) >= 1
-    assert fake.live_containers(sid) == [] and fake.live_networks(sid) == []

@@ -6,9 +6,7 @@ Golden files: tests/golden/dgxcloud_*.txt (NRUN_UPDATE_GOLDEN=1 regenerates them
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import shlex
 import subprocess
 from pathlib import Path
@@ -16,27 +14,23 @@ from typing import Dict, Optional
 
 import pytest
 
-from require import missing
-from conftest import PYTHON, make_project, nrun
-from test_lepton_dryrun import check_golden, normalised
+import dryrun
+from conftest import nrun
+from dryrun import check_golden, normalised
 
 NOWHERE = {"RUNAI_BASE_URL": "http://127.0.0.1:9/api/v1", "RUNAI_CLIENT_SECRET": "golden-secret-must-not-show"}
 
 
 @pytest.fixture
 def proj(tmp_path: Path) -> Path:
-    if importlib.util.find_spec("httpx") is None:
-        missing("dgxcloud", "httpx is not installed: pip install -e '.[dgxcloud]' (the test extras have it)")
-    return make_project(tmp_path)
+    return dryrun.project_needing(tmp_path, "httpx", "dgxcloud")
 
 
 def launch(proj: Path, *args: str, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
     base = ["hydra/launcher=nrun_dgxcloud", "hydra.launcher.image=nvcr.io/nvidia/pytorch:24.05-py3",
             "hydra.launcher.project=my-project", "hydra.launcher.pvc=my-pvc", "hydra.launcher.client_id=my-app",
             f"hydra.launcher.storage_dir={proj.parent}"]
-    return subprocess.run([PYTHON, "sweep_app.py", "-m", *base, *args, f"hydra.sweep.dir={proj.parent}/multirun"],
-                          cwd=proj, env={**os.environ, **NOWHERE, **(env or {})}, capture_output=True, text=True,
-                          timeout=120)
+    return dryrun.launch(proj, "sweep_app.py", *base, *args, env={**NOWHERE, **(env or {})})
 
 
 def test_dry_run_prints_the_exact_training_bodies(home, proj, tmp_path):

@@ -7,7 +7,6 @@ intended change, regenerate with NRUN_UPDATE_GOLDEN=1 and review the diff.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -15,12 +14,12 @@ from typing import Dict, Optional
 
 import pytest
 
-from conftest import APPS, PYTHON, ROOT, nrun, make_project
+import dryrun
+from conftest import APPS, PYTHON, nrun, make_project
+from dryrun import TRICKY, check_golden, normalised
 
-GOLDEN = ROOT / "tests" / "golden"
 DOCKER = "hydra/launcher=nrun_docker"
 NO_ENGINE = {"DOCKER_HOST": "unix:///nonexistent/nrun-test-docker.sock"}  # proves no engine is needed
-TRICKY = """a b; $(touch /tmp/nrun_pwned) `x` 'q' "dq" $HOME"""
 
 
 @pytest.fixture
@@ -32,27 +31,7 @@ def proj(tmp_path: Path) -> Path:
 
 
 def launch(cwd: Path, app: str, *args: str, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, app, "-m", DOCKER, *args, f"hydra.sweep.dir={cwd.parent}/multirun"],
-                          cwd=cwd, env={**os.environ, **NO_ENGINE, **(env or {})}, capture_output=True,
-                          text=True, timeout=120)
-
-
-def normalised(out: str, tmp_path: Path) -> str:
-    text = out[out.index("# nrun dry run"):]
-    text = text.replace(str(tmp_path), "<TMP>").replace(str(ROOT), "<ROOT>")
-    text = re.sub(r"\d{8}-\d{6}-[0-9a-f]{4}", "<SWEEP>", text)
-    text = re.sub(r"[0-9a-f]{64}", "<DIGEST>", text)
-    text = re.sub(r"runtime/[0-9a-f]{16}", "runtime/<RT>", text)
-    return re.sub(r"# artifact [0-9a-f]{16} ", "# artifact <DIGEST16> ", text)
-
-
-def check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("NRUN_UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(text)
-    assert path.exists(), f"missing {path}; create it with NRUN_UPDATE_GOLDEN=1"
-    assert text == path.read_text(), f"dry run differs from {path} (NRUN_UPDATE_GOLDEN=1 to accept)"
+    return dryrun.launch(cwd, app, DOCKER, *args, env={**NO_ENGINE, **(env or {})})
 
 
 # ------------------------------------------------------------------------------ golden specs

@@ -18,7 +18,7 @@ import yaml
 
 from conftest import PYTHON, make_project
 from require import missing
-from test_docker_dryrun import check_golden, normalised
+from dryrun import check_golden, normalised
 
 NO_CLUSTER = {"KUBECONFIG": "/nonexistent/nrun-test-kubeconfig"}  # proves no cluster is needed
 

@@ -7,55 +7,31 @@ intended change, regenerate with NRUN_UPDATE_GOLDEN=1 and review the diff.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import re
 import subprocess
 from pathlib import Path
 from typing import Dict, Optional
 
 import pytest
 
-from require import missing
-from conftest import PYTHON, ROOT, make_project, nrun
+import dryrun
+from conftest import nrun
+from dryrun import check_golden, normalised
 
-GOLDEN = ROOT / "tests" / "golden"
 NOWHERE = {"LEPTON_WORKSPACE_ID": "ws-golden", "LEPTON_WORKSPACE_URL": "http://127.0.0.1:9/api/v2/workspaces/ws-golden",
            "LEPTON_WORKSPACE_TOKEN": "golden-token-must-not-show"}
 
 
 @pytest.fixture
 def proj(tmp_path: Path) -> Path:
-    if importlib.util.find_spec("leptonai") is None:
-        missing("lepton", "leptonai is not installed: pip install -e '.[lepton]' (the test extras have it)")
-    return make_project(tmp_path)
+    return dryrun.project_needing(tmp_path, "leptonai", "lepton")
 
 
 def launch(proj: Path, *args: str, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
     base = ["hydra/launcher=nrun_lepton", "hydra.launcher.image=nvcr.io/nvidia/pytorch:24.05-py3",
             "hydra.launcher.storage=node-nfs:lepton-shared-fs", f"hydra.launcher.storage_dir={proj.parent}"]
-    return subprocess.run([PYTHON, "sweep_app.py", "-m", *base, *args, f"hydra.sweep.dir={proj.parent}/multirun"],
-                          cwd=proj, env={**os.environ, **NOWHERE, **(env or {})}, capture_output=True, text=True,
-                          timeout=120)
-
-
-def normalised(out: str, tmp_path: Path) -> str:
-    text = out[out.index("# nrun dry run"):]
-    text = text.replace(str(tmp_path), "<TMP>").replace(str(ROOT), "<ROOT>")
-    text = re.sub(r"\d{8}-\d{6}-[0-9a-f]{4}", "<SWEEP>", text)
-    text = re.sub(r"[0-9a-f]{64}", "<DIGEST>", text)
-    text = re.sub(r"runtime/[0-9a-f]{16}", "runtime/<RT>", text)
-    return re.sub(r"# artifact [0-9a-f]{16} ", "# artifact <DIGEST16> ", text)
-
-
-def check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("NRUN_UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(text)
-    assert path.exists(), f"missing {path}; create it with NRUN_UPDATE_GOLDEN=1"
-    assert text == path.read_text(), f"dry run differs from {path} (NRUN_UPDATE_GOLDEN=1 to accept)"
+    return dryrun.launch(proj, "sweep_app.py", *base, *args, env={**NOWHERE, **(env or {})})
 
 
 def test_dry_run_prints_the_exact_job_bodies(home, proj, tmp_path):

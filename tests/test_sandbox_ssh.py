@@ -20,7 +20,7 @@ import pytest
 import yaml
 from conftest import nrun, wait_for
 from docker_fixtures import docker_sandbox  # noqa: F401  (fixture)
-from require import missing
+from require import sandbox_env
 
 from nrun_core.errors import SandboxError
 from nrun_core.sandbox import _proc, ssh, ssh_hosts
@@ -28,10 +28,7 @@ from nrun_core.sandbox import _proc, ssh, ssh_hosts
 
 @pytest.fixture(scope="module")
 def sandbox() -> dict[str, str]:
-    ok, report = ssh.status()
-    if not ok:
-        missing("ssh", f"the SSH sandbox is not up: run `nrun sandbox ssh up`\n{report}")
-    return ssh.env()
+    return sandbox_env("ssh", "SSH", ssh)
 
 
 @pytest.fixture(scope="module")

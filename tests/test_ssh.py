@@ -154,13 +154,19 @@ def test_daemons_left_by_finished_points_are_ended_on_both_hosts(ssh_env, home, 
         assert sweep_processes(ssh_env, h, sweep_id) == []
 
 
-def test_ctrl_c_cancels_running_points_on_both_hosts(ssh_env, home, proj):
+def sleeping_sweep(proj: Path, points: int) -> subprocess.Popen:
+    """A launcher of POINTS sleeping points in the background, as in a terminal, once all run."""
     launcher = subprocess.Popen(
         [PYTHON, "sweep_app.py", "-m", SSH, "hydra.launcher.progress=lines", "action=sleep", "seconds=300",
-         "x=1,2,3,4", f"hydra.sweep.dir={proj.parent}/multirun"],
+         "x=" + ",".join(str(i + 1) for i in range(points)), f"hydra.sweep.dir={proj.parent}/multirun"],
         cwd=proj, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
     wait_for(lambda: nrun("list").stdout.count("\n") >= 2 and
-             list(states().values()).count("RUNNING") == 4, timeout=120)
+             list(states().values()).count("RUNNING") == points, timeout=120)
+    return launcher
+
+
+def test_ctrl_c_cancels_running_points_on_both_hosts(ssh_env, home, proj):
+    launcher = sleeping_sweep(proj, 4)
     sweep_id = status_json()["sweep"]["id"]
     hosts = sandbox_hosts(ssh_env)
     assert all(sweep_processes(ssh_env, h, sweep_id) for h in hosts)
@@ -173,12 +179,7 @@ def test_ctrl_c_cancels_running_points_on_both_hosts(ssh_env, home, proj):
 
 
 def test_sigterm_to_the_launcher_cancels_running_points(ssh_env, home, proj):
-    launcher = subprocess.Popen(
-        [PYTHON, "sweep_app.py", "-m", SSH, "hydra.launcher.progress=lines", "action=sleep", "seconds=300",
-         "x=1,2,3", f"hydra.sweep.dir={proj.parent}/multirun"],
-        cwd=proj, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
-    wait_for(lambda: nrun("list").stdout.count("\n") >= 2 and
-             list(states().values()).count("RUNNING") == 3, timeout=120)
+    launcher = sleeping_sweep(proj, 3)
     sweep_id = status_json()["sweep"]["id"]
     launcher.send_signal(signal.SIGTERM)
     _, err = launcher.communicate(timeout=120)

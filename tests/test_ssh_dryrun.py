@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 from conftest import PYTHON, make_project
-from test_docker_dryrun import TRICKY, check_golden, normalised
+from dryrun import TRICKY, check_golden, normalised
 
 HOSTS = """\
 hosts:

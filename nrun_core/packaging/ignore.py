@@ -15,7 +15,6 @@ change what a sweep ships, and two users packing the same tree should get the sa
 from __future__ import annotations
 
 import functools
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 from pathspec import GitIgnoreSpec
 
 from nrun_core.errors import PackagingError
+from nrun_core.packaging import listing
 from nrun_core.packaging.fstree import FsFile
 
 Specs = list[tuple[str, GitIgnoreSpec]]  # (directory relative to top, its .gitignore)
@@ -146,22 +146,13 @@ def workdir_files(base: Path, skip: Callable[[str, bool], bool] | None = None, r
         spec = _load(Path(abs_dir) / ".gitignore")
         if spec is not None:
             specs = [*specs, (rel_dir, spec)]
-        try:
-            it = os.scandir(abs_dir)
-        except OSError as e:
-            raise PackagingError(f"cannot list {abs_dir}: {e.strerror}; fix its permissions or add it to .gitignore") from e
-        with it:
-            for entry in it:
-                if entry.name == ".git":
-                    continue
-                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-                is_dir = entry.is_dir(follow_symlinks=False)
-                if rules.ignored(rel, is_dir, specs) or (skip is not None and skip(rel[strip:], is_dir)):
-                    if is_dir and record is not None:
-                        record.pruned.append(rel[strip:])
-                    continue
-                if is_dir:
-                    stack.append((entry.path, rel, specs))
-                elif entry.is_file(follow_symlinks=False) or entry.is_symlink():
-                    files.append(FsFile(rel[strip:], entry.path, entry.stat(follow_symlinks=False)))
+        for entry, rel, is_dir in listing.entries(abs_dir, rel_dir, "fix its permissions or add it to .gitignore"):
+            if rules.ignored(rel, is_dir, specs) or (skip is not None and skip(rel[strip:], is_dir)):
+                if is_dir and record is not None:
+                    record.pruned.append(rel[strip:])
+                continue
+            if is_dir:
+                stack.append((entry.path, rel, specs))
+            elif listing.packable(entry):
+                files.append(listing.fs_file(rel[strip:], entry))
     return files

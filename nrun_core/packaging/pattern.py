@@ -8,13 +8,12 @@ does not; excluded directories are not entered. ``.git`` entries are never packe
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from pathspec import PathSpec
 
-from nrun_core.errors import PackagingError
+from nrun_core.packaging import listing
 from nrun_core.packaging.fstree import FsFile
 
 
@@ -31,22 +30,13 @@ def pattern_files(
     stack: list[tuple[str, str]] = [(str(base), "")]
     while stack:
         abs_dir, rel_dir = stack.pop()
-        try:
-            it = os.scandir(abs_dir)
-        except OSError as e:
-            raise PackagingError(f"cannot list {abs_dir}: {e.strerror}; fix its permissions or exclude it") from e
-        with it:
-            for entry in it:
-                if entry.name == ".git":
-                    continue
-                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-                is_dir = entry.is_dir(follow_symlinks=False)
-                if skip is not None and skip(rel, is_dir):
-                    continue
-                if is_dir:
-                    if not exc.match_file(rel + "/"):
-                        stack.append((entry.path, rel))
-                elif entry.is_file(follow_symlinks=False) or entry.is_symlink():
-                    if inc.match_file(rel) and not exc.match_file(rel):
-                        files.append(FsFile(rel, entry.path, entry.stat(follow_symlinks=False)))
+        for entry, rel, is_dir in listing.entries(abs_dir, rel_dir, "fix its permissions or exclude it"):
+            if skip is not None and skip(rel, is_dir):
+                continue
+            if is_dir:
+                if not exc.match_file(rel + "/"):
+                    stack.append((entry.path, rel))
+            elif listing.packable(entry):
+                if inc.match_file(rel) and not exc.match_file(rel):
+                    files.append(listing.fs_file(rel, entry))
     return files

@@ -1,4 +1,5 @@
-"""Start, recognise and stop the daemons a sandbox owns (generic; any sandbox may use it).
+"""Start, recognise and stop the daemons a sandbox owns, and lock its up/down against a second
+caller (generic; any sandbox may use it).
 
 A pid alone is not proof: pids are reused. Each daemon is recorded in a small JSON file with its
 pid, its kernel start time and its program name, and counts as ours only while all three match
@@ -9,6 +10,8 @@ session (``-D``/``-F`` style flags) so the recorded pid is the daemon itself.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shlex
@@ -17,7 +20,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -205,3 +208,16 @@ def tail(path: Path, lines: int = 15) -> str:
 def show(argv: Sequence[str]) -> str:
     """ARGV as a shell line a user can copy."""
     return shlex.join(argv)
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file PATH (made, with its folder, if missing) for the block:
+    one `up`/`down`/build at a time across processes (two shells, tests in parallel)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

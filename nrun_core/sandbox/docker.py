@@ -13,7 +13,6 @@ import or build images.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import http.client
 import json
 import os
@@ -24,13 +23,12 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from nrun_core.errors import SandboxError
 from nrun_core.paths import sandbox_dir
-from nrun_core.sandbox import docker_image
+from nrun_core.sandbox import _proc, docker_image
 
 NAME = "docker"
 SANDBOX_LABEL = "nrun.sandbox=1"  # containers the sandbox (tests, image builds) may remove on down
@@ -183,15 +181,9 @@ def _tail(path: Path, lines: int = 15) -> str:
     return ""
 
 
-@contextlib.contextmanager
-def _locked() -> Iterator[None]:
+def _locked() -> contextlib.AbstractContextManager[None]:
     """One up/down at a time across processes."""
-    with open(_dir() / "up.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return _proc.locked(_dir() / "up.lock")
 
 
 def _dockerd_binary() -> str:

@@ -9,7 +9,6 @@ Tags are a hash of the recipe: change the recipe and a new image is built beside
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import io
 import json
@@ -25,6 +24,7 @@ from typing import Any
 
 from nrun_core.errors import SandboxError
 from nrun_core.paths import cache_dir
+from nrun_core.sandbox import _proc
 
 BASE_REPO = "nrun-python"
 TORCH_REPO = "nrun-python-torch"
@@ -81,16 +81,9 @@ def image_cache() -> Path:
     return path
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def _locked(path: Path) -> contextlib.AbstractContextManager[None]:
     """Serialise builds across processes (tests, CI and a user may call up() at once)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return _proc.locked(path)
 
 
 def _keep_recent(cache: Path, repo: str, suffix: str, keep: int = 2) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -27,7 +26,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -76,15 +74,8 @@ def env() -> Dict[str, str]:
 # ---------------------------------------------------------------------------------- helpers
 
 
-@contextlib.contextmanager
-def _locked(lay: Layout) -> Iterator[None]:
-    lay.root.mkdir(parents=True, exist_ok=True)
-    with open(lay.lock, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def _locked(lay: Layout) -> contextlib.AbstractContextManager[None]:
+    return _proc.locked(lay.lock)
 
 
 def _free_port() -> int:

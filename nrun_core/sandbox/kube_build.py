@@ -13,7 +13,6 @@ named after a hash of this recipe; the 1.5 GB build tree is removed afterwards.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -22,11 +21,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from nrun_core.errors import SandboxError
 from nrun_core.paths import cache_dir
+from nrun_core.sandbox import _proc
 
 TOOL_PACKAGES = ("golang-go", "etcd-server", "golang-github-modern-go-reflect2-dev")
 REFLECT2_SRC = Path("/usr/share/gocode/src/github.com/modern-go/reflect2")
@@ -69,15 +68,9 @@ def build_log() -> Path:
     return kube_cache() / "build.log"
 
 
-@contextlib.contextmanager
-def _locked() -> Iterator[None]:
+def _locked() -> contextlib.AbstractContextManager[None]:
     """One build at a time on the machine; a second caller waits and then finds the binary."""
-    with open(kube_cache() / "build.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return _proc.locked(kube_cache() / "build.lock")
 
 
 def _run(cmd: list[str], log: Path, *, env: dict[str, str] | None = None,

@@ -19,7 +19,6 @@ What `up` sets up (all under ``sandbox_dir("skypilot")``, nothing in ~/.sky or ~
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import glob
 import logging
 import os
@@ -28,7 +27,6 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from nrun_core.errors import SandboxError
@@ -470,15 +468,8 @@ def _write(path: Path, text: str, mode: int) -> None:
     os.chmod(path, mode)
 
 
-@contextlib.contextmanager
-def _locked() -> Iterator[None]:
-    root().mkdir(parents=True, exist_ok=True)
-    with open(root() / "up.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _locked() -> contextlib.AbstractContextManager[None]:
+    return _proc.locked(root() / "up.lock")
 
 
 def _main(argv: list[str]) -> int:

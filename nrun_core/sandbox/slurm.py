@@ -9,7 +9,6 @@ started. Clients need only ``SLURM_CONF`` (see ``env()``). Config choices: ``slu
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import shutil
@@ -17,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,15 +181,9 @@ def _check_paths(lay: Layout) -> None:
         )
 
 
-@contextlib.contextmanager
-def _locked(lay: Layout) -> Iterator[None]:
+def _locked(lay: Layout) -> contextlib.AbstractContextManager[None]:
     """One up/down at a time on this machine (tests in parallel, two shells)."""
-    with open(lay.lock, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return _proc.locked(lay.lock)
 
 
 def _installed(packages: Sequence[str]) -> set[str]:

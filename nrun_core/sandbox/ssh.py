@@ -11,14 +11,12 @@ reachable from outside the machine.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import getpass
 import logging
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 from nrun_core.errors import SandboxError
@@ -110,16 +108,9 @@ def status() -> tuple[bool, str]:
     return ok, "\n".join(lines)
 
 
-@contextlib.contextmanager
-def _locked() -> Iterator[None]:
+def _locked() -> contextlib.AbstractContextManager[None]:
     """One up/down at a time across processes (two `up`s would race for the same ports)."""
-    root().mkdir(parents=True, exist_ok=True)
-    with open(root() / "up.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return _proc.locked(root() / "up.lock")
 
 
 def _sshd() -> str:

@@ -224,12 +224,7 @@ class DockerJobs:
         return f"exit code {r.exit_code}" + (f": {tail}" if tail else "")
 
     def kill(self, replicas: List[Replica], signal: str = "SIGTERM") -> None:
-        for r in replicas:
-            if r.id:
-                try:
-                    self.client.api.kill(r.id, signal=signal)
-                except Exception:
-                    pass
+        _each_container(replicas, lambda cid: self.client.api.kill(cid, signal=signal))
 
     def _network(self, key: str, labels: Dict[str, str]) -> str:
         """An internal bridge network for one job (the fake's own: nothing leaves it)."""
@@ -240,12 +235,7 @@ class DockerJobs:
 
     def remove(self, replicas: List[Replica], key: str = "") -> None:
         """Remove the replicas' containers, then the job's network if it has one."""
-        for r in replicas:
-            if r.id:
-                try:
-                    self.client.api.remove_container(r.id, force=True)
-                except Exception:
-                    pass
+        _each_container(replicas, lambda cid: self.client.api.remove_container(cid, force=True))
         net = self.networks.pop(key, None) if key else None
         if net:
             try:
@@ -281,6 +271,16 @@ class DockerJobs:
     def sweep_networks(self, sweep: str) -> List[str]:
         """Names of the networks the fake still holds for a sweep's jobs."""
         return [n["Name"] for n in self.client.api.networks(filters={"label": [f"nrun-fake.sweep={sweep}"]})]
+
+
+def _each_container(replicas: List[Replica], call: Callable[[str], Any]) -> None:
+    """CALL(container id) for each replica that has a container; one already gone is no error."""
+    for r in replicas:
+        if r.id:
+            try:
+                call(r.id)
+            except Exception:
+                pass
 
 
 def stop_then_kill(jobs: DockerJobs, replicas: List[Replica], grace_s: float = 3.0) -> None:

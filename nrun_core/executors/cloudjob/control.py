@@ -12,7 +12,8 @@ from nrun_core.executors.base import ENDED, BackendState, Control
 
 class JobControl(Control):
     noun = "job"          # how the backend calls a job, in messages
-    stop_method = "stop"  # the client's method that stops a job before it is deleted
+    # The client's method that stops a job before it is deleted; None: deleting alone stops it.
+    stop_method: Optional[str] = "stop"
 
     def __init__(self, sweep: Dict[str, Any]) -> None:
         super().__init__(sweep)
@@ -71,10 +72,11 @@ class JobControl(Control):
             ref = self.ref(p.get("backend_id") or "")
             if ref is None:
                 continue
-            try:
-                getattr(self._client(), self.stop_method)(*self._args(ref))
-            except NrunError:
-                pass
+            if self.stop_method is not None:
+                try:
+                    getattr(self._client(), self.stop_method)(*self._args(ref))
+                except NrunError:
+                    pass
             try:
                 self._client().delete(*self._args(ref))
                 stopped.append(p["idx"])

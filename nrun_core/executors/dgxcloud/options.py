@@ -3,11 +3,11 @@
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from nrun_core.conf import NrunConf
+from nrun_core.executors.cloudjob.options import CloudJobConf
 
 
 @dataclass
-class DgxCloudConf(NrunConf):
+class DgxCloudConf(CloudJobConf):
     """`hydra/launcher=nrun_dgxcloud`: each point as one Run:ai workload (training for one node,
     distributed PyTorch for several)."""
 
@@ -19,15 +19,8 @@ class DgxCloudConf(NrunConf):
     client_secret_env: str = "RUNAI_CLIENT_SECRET"
     # Run:ai project the workloads run in (required).
     project: Optional[str] = None
-    # Container image (required) and its Python.
-    image: Optional[str] = None
-    python: str = "python3"
-    command_prefix: List[str] = field(default_factory=list)
-    # The PVC every workload mounts (required: code, logs and results travel through it), where
-    # this machine sees it (required) and where workloads see it (null = at storage_dir's path).
+    # The PVC every workload mounts (required), seen at storage_dir / mount_path.
     pvc: Optional[str] = None
-    storage_dir: Optional[str] = None
-    mount_path: Optional[str] = None
     # More PVCs, as Run:ai spells them: {claimName, path, readOnly, existingPvc}.
     pvcs: List[Dict[str, Any]] = field(default_factory=list)
     # Environment variables from Kubernetes secrets of the project: {VAR: "secret-name:key"}.
@@ -39,10 +32,5 @@ class DgxCloudConf(NrunConf):
     node_pools: List[str] = field(default_factory=list)
     # Extra fields merged into the workload's spec as given (Run:ai's own names).
     custom_spec: Dict[str, Any] = field(default_factory=dict)
-    # Status polling: first after poll_s, then 1.5x longer each time, at most poll_max_s.
-    poll_s: float = 2.0
-    poll_max_s: float = 30.0
-    # Delete each workload once its end is read (its logs and result are on the PVC).
-    delete_finished: bool = True
     # One HTTP request's limit, in seconds.
     request_timeout_s: float = 30.0

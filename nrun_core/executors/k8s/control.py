@@ -1,15 +1,15 @@
 """A Kubernetes executor seen from any shell (`nrun status`, `nrun cancel`, `nrun logs`): a point's
 backend id is ``<namespace>/<name>`` of its object; the kubeconfig and context come from the
 sweep's stored options (or this shell's KUBECONFIG). Logs are the point's files on the volume,
-where the default ``Control.logs`` reads them."""
+where the default ``Control.logs`` reads them. The loops are cloudjob's ``JobControl``; cancel
+deletes the object (its pods go with it), Kubernetes has no separate stop."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Tuple
 
-from nrun_core.errors import NrunError
-from nrun_core.executors.base import ENDED, BackendState, Control
-from nrun_core.executors.k8s.api import Kind
+from nrun_core.executors.cloudjob.control import JobControl
+from nrun_core.executors.k8s.resource import Resource
 
 
 def split_id(backend_id: str) -> Optional[Tuple[str, str]]:
@@ -23,53 +23,27 @@ def client_for(conf: Dict[str, Any]) -> Any:
     return Kube(conf.get("kubeconfig"), conf.get("context"), float(conf.get("request_timeout_s") or 30.0))
 
 
-class K8sControl(Control):
-    """Subclasses name their custom resource (``kind``) and how its status reads (``state_of``)."""
+class K8sControl(JobControl):
+    """Subclasses name their custom resource (``resource``)."""
 
-    kind: Kind
-    state_of: Callable[[Dict[str, Any]], Any]
+    resource: Resource
+    stop_method = None
 
-    def __init__(self, sweep: Dict[str, Any]) -> None:
-        super().__init__(sweep)
-        self._api: Any = None
+    @property
+    def noun(self) -> str:  # type: ignore[override]
+        return self.resource.kind.kind
 
-    def _client(self) -> Any:
-        if self._api is None:
-            self._api = client_for(dict(self.sweep.get("conf") or {}))
-        return self._api
+    def make_client(self) -> Any:
+        return client_for(dict(self.sweep.get("conf") or {}))
 
-    def describe(self, points: Sequence[Dict[str, Any]]) -> Dict[int, Optional[BackendState]]:
+    def ref(self, backend_id: str) -> Any:
+        ns_name = split_id(backend_id)
+        return None if ns_name is None else (self.resource.kind, *ns_name)
+
+    def state_of(self, obj: Any) -> Any:
+        return self.resource.state_of(obj)
+
+    def gone_error(self) -> type:
         from nrun_core.executors.k8s.api import Gone
 
-        out: Dict[int, Optional[BackendState]] = {}
-        for p in points:
-            ref = split_id(p.get("backend_id") or "")
-            if ref is None:
-                out[p["idx"]] = None
-                continue
-            try:
-                st = type(self).state_of(self._client().get(self.kind, *ref))
-                out[p["idx"]] = BackendState(st.phase, exit_code=st.exit_code, detail=st.detail)
-            except Gone:
-                out[p["idx"]] = BackendState(ENDED, detail=f"{self.kind.kind} {ref[0]}/{ref[1]} is gone (404)")
-            except NrunError:
-                out[p["idx"]] = None
-        return out
-
-    def cancel(self, points: Sequence[Dict[str, Any]]) -> List[int]:
-        """Delete each point's object (its pods go with it)."""
-        stopped = []
-        for p in points:
-            ref = split_id(p.get("backend_id") or "")
-            if ref is None:
-                continue
-            try:
-                self._client().delete(self.kind, *ref)
-                stopped.append(p["idx"])
-            except NrunError:
-                continue
-        return stopped
-
-    def close(self) -> None:
-        if self._api is not None:
-            self._api.close()
+        return Gone

@@ -1,57 +1,55 @@
 """One custom object per point on a Kubernetes cluster, followed by polling (``cloudjob.polled``).
 
-Subclasses give the resource (``kind``), the point's manifest and the status mapping; this class
-owns the rest: options checked before packaging; before anything is created, one list call
-proves the kubeconfig, the namespace, RBAC and the CRD (a missing CRD names the operator to
-install); the code and runtime staged on the volume; ``secret_env`` values in one Secret per
-sweep (deleted when the sweep has nothing live); cancel and timeout delete the object (TERM and
-KILL alike: Kubernetes gives the pods their grace period); finished objects are deleted once
-read. Logs and results are the point's files on the volume.
+Subclasses give the resource (``resource``: its kind, manifest, status mapping and own option
+checks); this class owns the rest: options checked before packaging; before anything is created,
+one list call proves the kubeconfig, the namespace, RBAC and the CRD (a missing CRD names the
+operator to install); the code and runtime staged on the volume; ``secret_env`` values in one
+Secret per sweep (deleted when the sweep has nothing live); cancel and timeout delete the object
+(TERM and KILL alike: Kubernetes gives the pods their grace period); finished objects are deleted
+once read. Logs and results are the point's files on the volume.
 """
 
 from __future__ import annotations
 
 import os
-import threading
-from abc import abstractmethod
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 import yaml
 
 from nrun_core.errors import ConfigError
 from nrun_core.executors.base import Request
 from nrun_core.executors.cloudjob.polled import GONE, PolledJobExecutor, RemoteState
+from nrun_core.executors.cloudjob.secrets import SweepSecrets, refuse_both
 from nrun_core.executors.k8s import manifest as mf
 from nrun_core.executors.k8s.api import Kind, kubeconfig_path
+from nrun_core.executors.k8s.resource import Resource
 from nrun_core.executors.queue import Slot
-from nrun_core.placement import secret_values
 from nrun_core.spec import JobSpec
 
 
 class K8sJobExecutor(PolledJobExecutor):
-    kind: Kind
-    option: str = ""            # hydra/launcher=<option>, for messages
-    operator: str = ""          # what installs the CRD, for the "not installed" message
+    resource: Resource
 
     def __init__(self, options: Any, ctx: Any) -> None:
         super().__init__(options, ctx)
         self.api: Any = None
         self._checked: Any = (None, None)
-        self._secret: Optional[str] = None
-        self._secret_lock = threading.Lock()
+        self._secrets = SweepSecrets()
 
-    # -- what a resource provides ----------------------------------------------------------
-    @abstractmethod
+    # -- what the resource provides --------------------------------------------------------
+    @property
+    def kind(self) -> Kind:
+        return self.resource.kind
+
+    @property
+    def option(self) -> str:
+        return self.resource.option
+
     def manifest(self, spec: JobSpec, attempt: int = 1) -> Dict[str, Any]:
-        """The point's object, as created."""
+        return self.resource.manifest(self.opts, spec, attempt)
 
-    @staticmethod
-    @abstractmethod
-    def state_of(obj: Dict[str, Any]) -> RemoteState:
-        """What the operator's status says of the object."""
-
-    def check_kind_options(self) -> None:
-        """The resource's own option checks."""
+    def state_of(self, obj: Dict[str, Any]) -> RemoteState:
+        return self.resource.state_of(obj)
 
     # -- Executor --------------------------------------------------------------------------
     @property
@@ -60,15 +58,13 @@ class K8sJobExecutor(PolledJobExecutor):
 
     def check_options(self) -> None:
         mf.check_options(self.opts, self.option)
-        self.check_kind_options()
+        self.resource.check_options(self.opts)
 
     def validate(self, specs: Sequence[JobSpec]) -> None:
         storage = mf.storage_of(self.opts, self.option)
         for s in specs:
             storage.check_job_dir(s)
-            for name in s.secret_env:
-                if name in (self.opts.secret_refs or {}):
-                    raise ConfigError(f"{name} is in both hydra.launcher.secret_env and secret_refs; keep one")
+            refuse_both(s, self.opts.secret_refs)
         if self.opts.dry_run:
             return
         api = self._client()
@@ -79,7 +75,7 @@ class K8sJobExecutor(PolledJobExecutor):
         except Gone:
             raise ConfigError(
                 f"the cluster at {api.server} has no {self.kind.kind} resource ({self.kind.crd}, "
-                f"{self.kind.api_version}): {self.operator} is not installed there. Fix: install it, or pick "
+                f"{self.kind.api_version}): {self.resource.operator} is not installed there. Fix: install it, or pick "
                 "the cluster with hydra.launcher.kubeconfig / hydra.launcher.context") from None
         try:
             api.call(api.core.read_namespace, f"read namespace {self.namespace}", self.namespace)
@@ -143,24 +139,17 @@ class K8sJobExecutor(PolledJobExecutor):
 
     def idle(self) -> None:
         """The sweep has nothing live: its Secret leaves the namespace."""
-        with self._secret_lock:
-            name, self._secret = self._secret, None
-        if name and self.api is not None:
-            try:
-                self.api.delete_secret(self.namespace, name)
-            except Exception:
-                pass
+        self._secrets.remove(lambda name: self.api.delete_secret(self.namespace, name))
 
     def _make_secret(self, spec: JobSpec) -> None:
-        with self._secret_lock:
-            if self._secret is not None or not spec.secret_env:
-                return
-            values = secret_values(spec.secret_env)
+        def make(values: Dict[str, str]) -> List[str]:
             name = mf.secret_name(spec.sweep_id)
             self.api.delete_secret(self.namespace, name)  # a leftover of a crashed launcher
             self.api.create_secret(self.namespace, name, values, {mf.SWEEP_LABEL: spec.sweep_id,
                                                                   "app.kubernetes.io/managed-by": "nrun"})
-            self._secret = name
+            return [name]
+
+        self._secrets.ensure(spec, make)
 
 
 class _Dumper(yaml.SafeDumper):

@@ -3,11 +3,11 @@
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from nrun_core.conf import NrunConf
+from nrun_core.executors.cloudjob.options import CloudJobConf
 
 
 @dataclass
-class K8sConf(NrunConf):
+class K8sConf(CloudJobConf):
     """Where the objects go, what their pods run, and the volume code and outputs travel by."""
 
     # Namespace of the objects; kubeconfig file (null = $KUBECONFIG, else ~/.kube/config) and its
@@ -15,17 +15,10 @@ class K8sConf(NrunConf):
     namespace: str = "default"
     kubeconfig: Optional[str] = None
     context: Optional[str] = None
-    # Container image (required) and its Python.
-    image: Optional[str] = None
-    python: str = "python3"
-    command_prefix: List[str] = field(default_factory=list)
-    # The volume every pod mounts (code, logs and results travel only through it): a PVC of the
-    # namespace (pvc) or a directory of every node (host_path), seen here at storage_dir (required)
-    # and in the pods at mount_path (null = at storage_dir's path).
+    # The volume every pod mounts, seen at storage_dir / mount_path: a PVC of the namespace (pvc)
+    # or a directory of every node (host_path).
     pvc: Optional[str] = None
     host_path: Optional[str] = None
-    storage_dir: Optional[str] = None
-    mount_path: Optional[str] = None
     # More volumes and their mounts, as Kubernetes spells them (pod spec volumes / volumeMounts).
     volumes: List[Dict[str, Any]] = field(default_factory=list)
     volume_mounts: List[Dict[str, Any]] = field(default_factory=list)
@@ -41,10 +34,5 @@ class K8sConf(NrunConf):
     labels: Dict[str, str] = field(default_factory=dict)
     node_selector: Dict[str, str] = field(default_factory=dict)
     tolerations: List[Dict[str, Any]] = field(default_factory=list)
-    # Status polling: first after poll_s, then 1.5x longer each time, at most poll_max_s.
-    poll_s: float = 2.0
-    poll_max_s: float = 30.0
-    # Delete each object once its end is read (its logs and result are on the volume).
-    delete_finished: bool = True
     # One API request's limit, in seconds.
     request_timeout_s: float = 30.0

@@ -5,5 +5,4 @@ from nrun_core.executors.kubeflow import spec as ks
 
 
 class KubeflowControl(K8sControl):
-    kind = ks.KIND
-    state_of = staticmethod(ks.state_of)
+    resource = ks.RESOURCE

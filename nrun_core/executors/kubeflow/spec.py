@@ -18,6 +18,7 @@ from nrun_core.errors import ConfigError
 from nrun_core.executors.base import ENDED, QUEUED, RUNNING
 from nrun_core.executors.k8s import manifest as mf
 from nrun_core.executors.k8s.api import Kind
+from nrun_core.executors.k8s.resource import Resource
 from nrun_core.spec import JobSpec
 
 KIND = Kind("trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob")
@@ -91,3 +92,6 @@ def state_of(obj: Dict[str, Any]) -> Any:
     if any(int(j.get("active") or 0) + int(j.get("ready") or 0) > 0 for j in jobs):
         return RemoteState(RUNNING, raw="Running")
     return RemoteState(QUEUED, raw="Created" if _condition(obj, "Created") else "")
+
+
+RESOURCE = Resource(KIND, OPTION, "the Kubeflow Trainer (v2) operator", check_options, trainjob, state_of)

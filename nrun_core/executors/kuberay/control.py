@@ -5,5 +5,4 @@ from nrun_core.executors.kuberay import spec as rs
 
 
 class KubeRayControl(K8sControl):
-    kind = rs.KIND
-    state_of = staticmethod(rs.state_of)
+    resource = rs.RESOURCE

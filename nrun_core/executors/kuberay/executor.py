@@ -7,29 +7,15 @@ r"""nrun_kuberay: each point as one KubeRay RayJob (its own Ray cluster), with t
 What a RayJob holds and how its status reads: ``spec``; everything else: ``executors.k8s``.
 """
 
-from __future__ import annotations
-
-from typing import Any, Dict
-
 from nrun_core.executors.k8s.executor import K8sJobExecutor
 from nrun_core.executors.kuberay import spec as rs
 from nrun_core.executors.kuberay.control import KubeRayControl
-from nrun_core.spec import JobSpec
 
 
 class KubeRayExecutor(K8sJobExecutor):
     name = "kuberay"
-    option = rs.OPTION
-    operator = "the KubeRay operator"
-    kind = rs.KIND
+    resource = rs.RESOURCE
     control_class = KubeRayControl
-    state_of = staticmethod(rs.state_of)
-
-    def check_kind_options(self) -> None:
-        rs.check_options(self.opts)
-
-    def manifest(self, spec: JobSpec, attempt: int = 1) -> Dict[str, Any]:
-        return rs.rayjob(self.opts, spec, attempt)
 
 
 __all__ = ["KubeRayExecutor"]

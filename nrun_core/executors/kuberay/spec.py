@@ -21,6 +21,7 @@ from nrun_core.errors import ConfigError
 from nrun_core.executors.base import ENDED, QUEUED, RUNNING
 from nrun_core.executors.k8s import manifest as mf
 from nrun_core.executors.k8s.api import Kind
+from nrun_core.executors.k8s.resource import Resource
 from nrun_core.spec import JobSpec
 
 KIND = Kind("ray.io", "v1", "rayjobs", "RayJob")
@@ -110,4 +111,6 @@ def state_of(obj: Dict[str, Any]) -> Any:
     return RemoteState(QUEUED, raw=job or deploy)
 
 
-__all__: List[str] = ["KIND", "rayjob", "state_of", "check_options"]
+RESOURCE = Resource(KIND, OPTION, "the KubeRay operator", check_options, rayjob, state_of)
+
+__all__: List[str] = ["KIND", "RESOURCE", "rayjob", "state_of", "check_options"]

@@ -26,16 +26,14 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
-from nrun_core.errors import ConfigError
 from nrun_core.executors.base import Request
 from nrun_core.executors.cloudjob.polled import ENDED, GONE, QUEUED, RUNNING, PolledJobExecutor, RemoteState
+from nrun_core.executors.cloudjob.secrets import SweepSecrets, refuse_both
 from nrun_core.executors.lepton import spec as ls
 from nrun_core.executors.lepton.control import LeptonControl, state_of
 from nrun_core.executors.queue import Slot
-from nrun_core.placement import secret_values
 from nrun_core.spec import JobSpec
 
 
@@ -47,8 +45,7 @@ class LeptonExecutor(PolledJobExecutor):
         super().__init__(options, ctx)
         self.api: Any = None
         self._checked: Any = (None, None)
-        self._secrets_made: Optional[List[str]] = None
-        self._secret_lock = threading.Lock()
+        self._secrets = SweepSecrets()
 
     # -- contract ----------------------------------------------------------------------------
     def check_options(self) -> None:
@@ -58,9 +55,7 @@ class LeptonExecutor(PolledJobExecutor):
         storage = ls.storage_of(self.opts)
         for s in specs:
             storage.check_job_dir(s)
-            for name in s.secret_env:
-                if name in (self.opts.secret_refs or {}):
-                    raise ConfigError(f"{name} is in both hydra.launcher.secret_env and secret_refs; keep one")
+            refuse_both(s, self.opts.secret_refs)
         if self.opts.dry_run:
             return
         from nrun_core.executors.lepton.api import Lepton
@@ -112,26 +107,19 @@ class LeptonExecutor(PolledJobExecutor):
 
     def idle(self) -> None:
         """The sweep has nothing live: its secrets leave the workspace."""
-        with self._secret_lock:
-            made, self._secrets_made = self._secrets_made or [], None
-        for name in made:
-            try:
-                self.api.delete_secret(name)
-            except Exception:
-                pass
+        self._secrets.remove(lambda name: self.api.delete_secret(name))
 
     def _make_secrets(self, spec: JobSpec) -> None:
-        with self._secret_lock:
-            if self._secrets_made is not None or not spec.secret_env:
-                return
-            values = secret_values(spec.secret_env)
+        def make(values: Dict[str, str]) -> List[str]:
             made = []
             for var in spec.secret_env:
                 if var in values:
                     name = ls.secret_name(spec.sweep_id, var)
                     self.api.create_secret(name, values[var])
                     made.append(name)
-            self._secrets_made = made
+            return made
+
+        self._secrets.ensure(spec, make)
 
 
 def normalized(body: Any) -> Any:

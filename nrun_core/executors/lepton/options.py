@@ -4,11 +4,11 @@ imported at Hydra start: nothing of leptonai here)."""
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from nrun_core.conf import NrunConf
+from nrun_core.executors.cloudjob.options import CloudJobConf
 
 
 @dataclass
-class LeptonConf(NrunConf):
+class LeptonConf(CloudJobConf):
     """`hydra/launcher=nrun_lepton`: each point as one DGX Cloud Lepton job."""
 
     # Workspace id and API URL; null = $LEPTON_WORKSPACE_ID / $LEPTON_WORKSPACE_URL (the SDK's
@@ -18,10 +18,6 @@ class LeptonConf(NrunConf):
     # Name of the environment variable holding the workspace token (never a setting: a value
     # here would be stored with the sweep).
     token_env: str = "LEPTON_WORKSPACE_TOKEN"
-    # Container image (required) and its Python.
-    image: Optional[str] = None
-    python: str = "python3"
-    command_prefix: List[str] = field(default_factory=list)
     # Resource shape of each replica, e.g. "gpu.8xh100-80gb" or "cpu.small".
     resource_shape: str = "cpu.small"
     # Dedicated node group (id) and, within it, the nodes allowed; null/empty = any.
@@ -29,13 +25,10 @@ class LeptonConf(NrunConf):
     allowed_nodes: List[str] = field(default_factory=list)
     # /dev/shm size in MiB; null = Lepton's default.
     shared_memory_size: Optional[int] = None
-    # The shared storage every job mounts (Lepton mount "from", e.g. "node-nfs:lepton-shared-fs"),
-    # the path on it that storage_dir shows, where this machine sees it (required: code, logs and
-    # results travel through it) and where jobs see it (null = at storage_dir's path).
+    # The shared storage every job mounts (Lepton mount "from", e.g. "node-nfs:lepton-shared-fs")
+    # and the path on it that storage_dir shows (seen at storage_dir / mount_path).
     storage: Optional[str] = None
     storage_path: str = "/"
-    storage_dir: Optional[str] = None
-    mount_path: Optional[str] = None
     # More Lepton mounts, as the API spells them: {path, from, mount_path}.
     mounts: List[Dict[str, Any]] = field(default_factory=list)
     # Environment variables taken from existing Lepton secrets: {VAR: secret name}.
@@ -51,8 +44,3 @@ class LeptonConf(NrunConf):
     intra_job_communication: Optional[bool] = None
     # Extra job labels (nrun adds nrun.sweep and nrun.point).
     labels: Dict[str, str] = field(default_factory=dict)
-    # Status polling: first after poll_s, then 1.5x longer each time, at most poll_max_s.
-    poll_s: float = 2.0
-    poll_max_s: float = 30.0
-    # Delete each job at Lepton once its end is read (its logs and result are on the storage).
-    delete_finished: bool = True
