@@ -167,3 +167,38 @@ def test_clusters_per_point_each_point_its_own_cluster_gone_when_it_ends(sky_env
     jobs = subprocess.run(["squeue", "-h", "-u", "nrun-sky", "-o", "%j"], capture_output=True, text=True)
     assert jobs.returncode == 0, jobs.stderr
     assert not [j for j in jobs.stdout.split() if any(j.startswith(c + "-") for c in clusters)], jobs.stdout
+
+
+def test_ctrl_c_during_the_cluster_launch_cancels_it_and_leaves_no_cluster(sky_env, home, tmp_path):
+    """Ctrl-C while the sweep's cluster launch waits in the Slurm queue (a job of ours holds a CPU
+    on each node, the cluster wants a whole node): the launch is cancelled, the launcher exits 130
+    instead of waiting for the launch, and the pending cluster nrun started is gone."""
+    blocker = subprocess.run(["sbatch", "--parsable", "-N2", "--ntasks-per-node=1", "-c1", "-J", "nrun-test-blocker",
+                              "-o", "/dev/null", "--wrap", "sleep 900"], capture_output=True, text=True)
+    assert blocker.returncode == 0, blocker.stderr
+    job = blocker.stdout.strip().split(";")[0]
+    proj = make_project(tmp_path)
+    try:
+        wait_for(lambda: subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True,
+                                        text=True).stdout.strip() == "RUNNING", timeout=120)
+        proc = subprocess.Popen([PYTHON, "sweep_app.py", "-m", "hydra/launcher=nrun_skypilot", "hydra.launcher.progress=lines",
+                                 "hydra.launcher.cpus=16", "x=1", f"hydra.sweep.dir={tmp_path}/multirun"], cwd=proj,
+                                preexec_fn=interruptible, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            def pending() -> bool:
+                q = subprocess.run(["squeue", "-h", "-u", "nrun-sky", "-t", "PD", "-o", "%j"], capture_output=True, text=True)
+                return any(j.startswith("nrun-2") for j in q.stdout.split())
+            wait_for(pending, timeout=300, step=1.0)  # the cluster's allocation waits for a free node
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=240)
+        finally:
+            proc.kill()
+    finally:
+        subprocess.run(["scancel", job], capture_output=True)
+    assert proc.returncode == 130, out[-3000:]
+    assert states() == {0: "CANCELLED"}
+    sweep_id = status_json()["sweep"]["id"]
+    assert _clusters_left([f"nrun-{sweep_id}"]) == []
+    left = subprocess.run(["squeue", "-h", "-u", "nrun-sky", "-o", "%j"], capture_output=True, text=True).stdout.split()
+    assert not [j for j in left if j.startswith(f"nrun-{sweep_id}")], left

@@ -189,3 +189,11 @@ def test_cluster_per_point_and_managed_jobs_are_rendered(home, tmp_path):
     out = dry_run(tmp_path / "b", "x=1", "hydra.launcher.managed=true", "hydra.launcher.use_spot=true",
                   "hydra.launcher.infra=aws")
     assert "sky.jobs.launch (managed job)" in out.stdout and "use_spot: true" in out.stdout
+
+
+def test_managed_jobs_on_slurm_are_refused_before_anything_is_sent(home, tmp_path):
+    """SkyPilot 0.14 will not run its jobs controller on Slurm and retries the launch forever
+    (seen on the sandbox): nrun says so at once, naming the setting and what to use instead."""
+    out = dry_run(tmp_path, "x=1", "hydra.launcher.managed=true", "hydra.launcher.infra=slurm/mycluster", check=False)
+    assert out.returncode != 0
+    assert "hydra.launcher.managed=true on infra slurm/mycluster" in out.stderr and "clusters=shared" in out.stderr

@@ -89,6 +89,10 @@ class QueuedExecutor(Executor):
     def idle(self) -> None:
         """Nothing is queued or running any more (release what waiting needed)."""
 
+    def abort_start(self, slot: Slot) -> None:
+        """Cancel asked while the point's start is still in flight (a cloud launch can take
+        minutes): a backend that can abort the start does it here; the rest stop it once started."""
+
     def can_launch(self, spec: JobSpec) -> bool:
         """Has the backend room for this point now (beyond ``max_parallel``)? SSH hosts: free
         slots on enough hosts. False keeps it queued, in order."""
@@ -126,6 +130,7 @@ class QueuedExecutor(Executor):
                     self._stop(slot, "cancelled")
                 else:  # still being started: stopped as soon as its start is reported
                     slot.reason = "cancelled"
+                    self.abort_start(slot)
 
     # -- the machinery ---------------------------------------------------------------------
     def _fill(self) -> List[Event]:

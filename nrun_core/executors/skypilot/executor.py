@@ -214,6 +214,11 @@ class SkypilotExecutor(QueuedExecutor):
         self._runs.append(self._pool.submit(self._run, p))
         return []
 
+    def abort_start(self, slot: Slot) -> None:
+        """Ctrl-C or cancel during a launch (minutes, or forever with retry_until_up): cancel
+        SkyPilot's request; the launch's end reports the point cancelled."""
+        self.signal(slot, kill=False)
+
     def signal(self, slot: Slot, kill: bool) -> None:
         p: Optional[_Point] = slot.handle
         if p is None or (p.cancel and not kill):
@@ -283,6 +288,8 @@ class SkypilotExecutor(QueuedExecutor):
         except BaseException as exc:  # noqa: BLE001 - every failure must end the point
             if self.opts.clusters == "shared" and not self.opts.managed:
                 self._cluster_ready(p.cluster, ok=False, why=str(exc))
+            elif self.opts.clusters == "per_point" and not self.opts.managed and self.opts.teardown != "keep":
+                self._end_clusters([p.cluster])  # a launch that failed or was cancelled half way
             detail = "cancelled" if p.cancel else f"could not start on SkyPilot: {_why(exc)}"
             self._msgs.put(("started", p))
             self._msgs.put(("ended", p, Ended(idx=spec.index, reason="exited", detail=detail)))
@@ -320,9 +327,8 @@ class SkypilotExecutor(QueuedExecutor):
             if self._cluster_up.get(cluster) != "launching":
                 return
             self._cluster_up[cluster] = ok
-            if ok:
-                self._created.append(cluster)
-            else:
+            self._created.append(cluster)  # even a failed or cancelled launch may have left a half-made cluster
+            if not ok:
                 self._ready_error = why or "the launch failed"
             self._ready.set()
 

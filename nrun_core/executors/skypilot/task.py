@@ -55,6 +55,12 @@ def check(opts: Any) -> None:
     if opts.managed and (opts.cluster_name or opts.clusters != "shared"):
         raise ConfigError("hydra.launcher.managed=true runs each point as a managed job on a cluster "
                           "SkyPilot creates: drop hydra.launcher.cluster_name / clusters")
+    where = infra(opts) or ""
+    if opts.managed and where.split("/")[0].lower() == "slurm":
+        raise ConfigError(f"hydra.launcher.managed=true on infra {where}: SkyPilot does not run its managed-jobs "
+                          "controller on Slurm (NotSupportedError: host_controllers), and would retry the launch "
+                          "forever; use managed=false (points as jobs on a cluster: clusters=shared or per_point) "
+                          "or a cloud infra for managed jobs")
     if opts.gpus and opts.accelerators:
         raise ConfigError("set hydra.launcher.gpus or hydra.launcher.accelerators, not both")
     if float(opts.max_files_mb) <= 0:
