@@ -141,6 +141,21 @@ class LocalExecutor(QueuedExecutor):
 
     def validate(self, specs: Sequence[JobSpec]) -> None:
         self._budget(specs)
+        self._check_launcher_installed()
+
+    def _check_launcher_installed(self) -> None:
+        """torchrun / ft_launcher run from this very Python: missing, every point would fail alike."""
+        import importlib.util
+
+        from nrun_core import wrappers
+
+        name = wrappers.name_of(self.opts.launcher)
+        need = {"torchrun": ("torch", "torch.distributed.run", "pip install torch"),
+                "ft": ("nvidia_resiliency_ext", "nvidia_resiliency_ext.fault_tolerance.launcher",
+                       "pip install 'hydra-nrun[ft]'")}.get(name)
+        if need and importlib.util.find_spec(need[0]) is None:
+            raise ConfigError(f"nrun/launcher={name} runs `{sys.executable} -m {need[1]}`, but {need[0]} is not "
+                              f"installed in that Python: {need[2]}, or use nrun/launcher=direct")
 
     def header(self) -> str:
         if self.threads is None:
