@@ -1,8 +1,11 @@
 """nrun_skypilot against real SkyPilot: the sandbox's API server with the Slurm sandbox as its
 infra (`nrun sandbox skypilot up`). Exercised for real: sky.launch of a cluster (a Slurm job of
 the user nrun-sky), sky.exec per point, workdir sync, sky.tail_logs (live logs, the point's files
-and exit code), sky.cancel from another shell, sky.down, a 2-node cluster with torchrun. Clouds, spot, GPUs and managed jobs are
-only rendered (tests/test_skypilot_render.py): none is reachable here.
+and exit code), sky.cancel from another shell, Ctrl-C during a launch, sky.down, clusters per
+point, a retry on the sweep's cluster, a 2-node cluster with torchrun. Clouds, spot and GPUs are
+only rendered (tests/test_skypilot_render.py): none is reachable here. Managed jobs are rendered,
+and refused on Slurm: SkyPilot 0.14 will not run its jobs controller there (seen on the sandbox:
+NotSupportedError host_controllers, then a launch retried every 30 s forever).
 """
 
 from __future__ import annotations
