@@ -10,6 +10,9 @@ What stays, always:
 - the runtime copy of this nrun, and any runtime copy at all while a sweep is live (a copy is not
   tied to a sweep in the store);
 - the sandboxes and the store file itself.
+Staging dirs of cloud sweeps (``skypilot/<sweep>``: hard links to the artifact, nrun's helpers)
+are needed only while their sweep is live; the launcher removes its own at the end, gc what a
+dead launcher left.
 Never touched: the sweeps' own output dirs (Hydra's job dirs are the user's results).
 """
 
@@ -91,6 +94,10 @@ def plan(store: Store, home: Path, *, keep_days: Optional[float], keep_sweeps: O
         if name in out.kept_digests or not old(p):
             continue
         out.paths.append(("snapshot" if not p.name.startswith(".") else "unfinished snapshot", p, _size(p)))
+    live_ids = {sw["id"] for sw in kept if _live(sw)}
+    for p in _children(home / "skypilot"):
+        if p.name not in live_ids and old(p):
+            out.paths.append(("staging dir", p, _size(p)))
     if not out.live_sweeps:
         current = _current_runtime()
         for p in _children(home / "runtime"):

@@ -78,6 +78,11 @@ def test_never_removes_what_a_live_sweep_or_a_launcher_uses(home, tmp_path):
     run_app("sweep_app.py", LOCAL, WORKDIR, "x=1", "action=sleep", "seconds=60", "hydra.launcher.wait=false",
             cwd=proj, check=True)
     live_id = status_json()["sweep"]["id"]
+    staging = {sid: home / "skypilot" / sid for sid in (old_id, live_id, "20200101-000000-dead")}
+    for d in staging.values():  # what nrun_skypilot stages per sweep (a dead launcher leaves it)
+        d.mkdir(parents=True)
+        (d / "points.json").write_text("{}")
+        os.utime(d, (time.time() - 7200,) * 2)
     try:
         assert _artifact(live_id) == live_digest
         wait_for(lambda: status_json(live_id)["points"][0]["state"] == "RUNNING")
@@ -86,6 +91,8 @@ def test_never_removes_what_a_live_sweep_or_a_launcher_uses(home, tmp_path):
         assert out.returncode == 0, out.stderr
         assert _present(home, live_digest)                    # the live sweep's
         assert live_id in nrun("list").stdout and old_id not in nrun("list").stdout
+        assert staging[live_id].is_dir()                      # a live sweep's staging dir stays
+        assert not staging[old_id].exists() and not staging["20200101-000000-dead"].exists()
     finally:
         nrun("cancel", live_id)
     # a tree packed a moment ago by a launcher that has not recorded its sweep yet

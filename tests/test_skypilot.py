@@ -54,6 +54,7 @@ def test_three_point_sweep_returns_real_values(sky_env, home, tmp_path):
         assert "to-stderr" in (job / "stderr.log").read_text()
         assert (job / ".hydra" / "overrides.yaml").read_text() == f"- x={i + 1}\n"  # Hydra's files came back
         assert p["backend_id"].startswith(os.environ["NRUN_TEST_SKY_CLUSTER"] + "/")
+    assert not (home / "skypilot" / status_json()["sweep"]["id"]).exists()  # the staging dir went with the sweep
 
 
 def test_failing_point_names_its_error(sky_env, home, tmp_path):

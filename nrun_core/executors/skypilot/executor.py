@@ -245,6 +245,8 @@ class SkypilotExecutor(QueuedExecutor):
         self._torn_down = True
         wait_all(self._runs)  # per_point: the points' clusters are being taken down
         self._teardown()
+        if self._staged:  # synced to the clusters already; hard links to the artifact would keep it on disk
+            shutil.rmtree(self._staged, ignore_errors=True)
 
     # -- SkyPilot (pool threads) ---------------------------------------------------------------
     def _ensure_threads(self) -> None:
