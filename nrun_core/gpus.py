@@ -1,10 +1,10 @@
-"""The GPUs of this machine, handed to local points a few at a time.
+"""GPUs handed to points a few at a time: this machine's (nrun_local) or a host's (nrun_ssh).
 
-A sweep on a multi-GPU workstation must not start every point on GPU 0: with
-``gpus_per_node=N`` each point gets N GPUs of its own (``CUDA_VISIBLE_DEVICES``) and waits while
-none are free. The GPUs are the ones the launching shell lists in ``CUDA_VISIBLE_DEVICES`` (so
-``CUDA_VISIBLE_DEVICES=2,3 python train.py -m ...`` keeps a sweep off GPUs 0 and 1), else every
-GPU ``nvidia-smi`` shows.
+A sweep on a multi-GPU machine must not start every point on GPU 0: with ``gpus_per_node=N``
+each point (each node of it) gets N GPUs of its own (``CUDA_VISIBLE_DEVICES``) and waits while
+none are free. On this machine the GPUs are the ones the launching shell lists in
+``CUDA_VISIBLE_DEVICES`` (so ``CUDA_VISIBLE_DEVICES=2,3 python train.py -m ...`` keeps a sweep off
+GPUs 0 and 1), else every GPU ``nvidia-smi`` shows; an SSH host's are its hosts-file ``gpus``.
 """
 
 from __future__ import annotations

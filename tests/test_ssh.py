@@ -289,3 +289,30 @@ def test_a_host_lost_mid_point_fails_its_point_over_to_another_host(ssh_env, hom
     finally:
         monkeypatch.setenv(ssh_hosts.COUNT_ENV, str(n))
         ssh.up()
+
+
+def test_gpus_per_node_gives_each_point_its_own_gpus_on_its_host(ssh_env, home, proj, tmp_path):
+    """Hosts listed with 2 GPUs each, gpus_per_node=1: two points at a time per host, each with a
+    GPU of its own there (CUDA_VISIBLE_DEVICES), never one a running point on that host holds."""
+    import ast
+
+    import yaml
+
+    hosts = [{**h, "gpus": 2} for h in sandbox_hosts(ssh_env)]
+    for h in hosts:
+        h.pop("slots", None)  # slots follow from gpus // gpus_per_node
+    hosts_file = tmp_path / "gpu_hosts.yaml"
+    hosts_file.write_text(yaml.safe_dump({"hosts": hosts}))
+    proc = ok(sweep(proj, "x=range(0,8)", "action=env", "env_names=[CUDA_VISIBLE_DEVICES]",
+                    f"hydra.launcher.hosts_file={hosts_file}", "hydra.launcher.gpus_per_node=1"))
+    assert all(f"{h['name']} (2 slots)" in proc.stderr for h in hosts), proc.stderr[-2000:]
+    spans: dict = {}
+    for p in status_json()["points"]:
+        assert p["state"] == "COMPLETED", p
+        gpu = ast.literal_eval(p["value_repr"])["CUDA_VISIBLE_DEVICES"]
+        assert gpu in ("0", "1"), gpu
+        spans.setdefault((p["backend_id"].split("/")[0], gpu), []).append((p["started"], p["ended"]))
+    assert sum(map(len, spans.values())) == 8
+    for held in spans.values():
+        held.sort()
+        assert not any(b[0] < a[1] for a, b in zip(held, held[1:])), held

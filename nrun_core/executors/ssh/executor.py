@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from nrun_core import threads, wrappers
+from nrun_core import gpus as gpulib, threads, wrappers
 from nrun_core.errors import BackendError, ConfigError, NrunError
 from nrun_core.executors.base import Ended, Event, Request, Started
 from nrun_core.executors.queue import QueuedExecutor, Slot, drain
@@ -57,7 +57,7 @@ CHECK_EVERY_S = 5.0
 class _Node:
     host: str
     status_dir: str
-    gpus: List[int] = field(default_factory=list)
+    gpus: List[str] = field(default_factory=list)
     pids: Optional[Dict[str, Any]] = None
     done: bool = False
     code: Optional[int] = None
@@ -93,7 +93,7 @@ class SshExecutor(QueuedExecutor):
         self._hosts: Optional[List[hostlib.Host]] = None
         self._sites: Dict[str, Any] = {}
         self._slots: Optional[hostlib.Slots] = None
-        self._gpus: Dict[str, List[int]] = {}
+        self._gpus: Dict[str, gpulib.Pool] = {}  # with gpus_per_node: each host's GPUs, a few per node of a point
         self._msgs: "queue.Queue[Tuple[Any, ...]]" = queue.Queue()
         self._pool: Optional[ThreadPoolExecutor] = None
         self._pid: Optional[int] = None
@@ -137,7 +137,8 @@ class SshExecutor(QueuedExecutor):
             self._hosts = hostlib.load(self.opts)
             self._slots = hostlib.Slots(self._hosts)
             gpn = int(self.opts.gpus_per_node or 0)
-            self._gpus = {h.name: list(range(h.gpus)) for h in self._hosts} if gpn else {}
+            self._gpus = {h.name: gpulib.Pool([str(i) for i in range(h.gpus)], gpn)
+                          for h in self._hosts if gpn and h.gpus} if gpn else {}
         return self._hosts
 
     def validate(self, specs: Sequence[JobSpec]) -> None:
@@ -243,12 +244,9 @@ class SshExecutor(QueuedExecutor):
             self._sites[name] = site
         return self._sites[name]
 
-    def _take_gpus(self, name: str, spec: JobSpec) -> List[int]:
-        free = self._gpus.get(name)
-        if not free or not spec.gpus_per_node:
-            return []
-        got, self._gpus[name] = free[: spec.gpus_per_node], free[spec.gpus_per_node:]
-        return got
+    def _take_gpus(self, name: str, spec: JobSpec) -> List[str]:
+        pool = self._gpus.get(name)  # a host's slots are its GPUs / gpus_per_node: a slot taken has them free
+        return pool.take() if pool is not None and pool.can_take() else []
 
     def _ensure_threads(self) -> None:
         """Pool and log thread in the process that runs the points (a detached supervisor is a
@@ -269,12 +267,12 @@ class SshExecutor(QueuedExecutor):
                          code_dir=code, threads=threads.budget(cores, host.slots) if cores else None)
 
     def _job(self, spec: JobSpec, k: int, host: hostlib.Host, place: Placement, head: hostlib.Host,
-             attempt: int, gpus: List[int], secrets: bool) -> Dict[str, Any]:
+             attempt: int, gpus: List[str], secrets: bool) -> Dict[str, Any]:
         """What nrun_host.py start receives on stdin for node k of the point."""
         token = spec.token(attempt)
         extra = self._rank_env(spec, k, host, head)
         if gpus:
-            extra["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
+            extra["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         env = place.env(spec, token=token, extra=extra)
         if secrets:
             env.update(secret_values(spec.secret_env))
@@ -465,7 +463,7 @@ class SshExecutor(QueuedExecutor):
         self._slots.give([n.host for n in p.nodes])
         for n in p.nodes:
             if n.gpus:
-                self._gpus[n.host] = sorted(self._gpus[n.host] + n.gpus)
+                self._gpus[n.host].give(n.gpus)
             self._by_dir.pop((n.host, n.status_dir), None)
 
     def _recover(self, host: str) -> None:
