@@ -139,9 +139,9 @@ class SkypilotExecutor(QueuedExecutor):
         o = self.opts
         args = f"retry_until_up={bool(o.retry_until_up)}, idle_minutes_to_autostop={o.idle_minutes_to_autostop}"
         if o.clusters == "per_point":
-            return f"sky.launch(cluster_name={self.cluster_name(s)!r}, {args}, down={o.teardown in ('auto', 'down') or bool(o.autodown)})"
+            return f"sky.launch(cluster_name={self.cluster_name(s)!r}, {args}, down={self._launch_down()})"
         if first:
-            return (f"sky.launch(cluster_name={self.cluster_name()!r}, {args}, down={bool(o.autodown)}), "
+            return (f"sky.launch(cluster_name={self.cluster_name()!r}, {args}, down={self._launch_down()}), "
                     "or sky.exec if that cluster is up")
         return f"sky.exec(cluster_name={self.cluster_name()!r})"
 
@@ -276,8 +276,7 @@ class SkypilotExecutor(QueuedExecutor):
                     self._prepare(p.cluster)
                     p.request = sky.launch(task, cluster_name=p.cluster, retry_until_up=bool(self.opts.retry_until_up),
                                            idle_minutes_to_autostop=self.opts.idle_minutes_to_autostop,
-                                           down=bool(self.opts.autodown) or (
-                                               self.opts.clusters == "per_point" and self.opts.teardown in ("auto", "down")))
+                                           down=self._launch_down())
                 else:
                     p.request = sky.exec(task, cluster_name=p.cluster)
                 job_id, _ = sky.get(p.request)
@@ -290,7 +289,7 @@ class SkypilotExecutor(QueuedExecutor):
         except BaseException as exc:  # noqa: BLE001 - every failure must end the point
             if self.opts.clusters == "shared" and not self.opts.managed:
                 self._cluster_ready(p.cluster, ok=False, why=str(exc))
-            elif self.opts.clusters == "per_point" and not self.opts.managed and self.opts.teardown != "keep":
+            elif self._ends_per_point():
                 self._end_clusters([p.cluster])  # a launch that failed or was cancelled half way
             detail = "cancelled" if p.cancel else f"could not start on SkyPilot: {_why(exc)}"
             self._msgs.put(("started", p))
@@ -300,8 +299,18 @@ class SkypilotExecutor(QueuedExecutor):
         if p.cancel:
             self._cancel(p)
         self._msgs.put(("ended", p, self._follow(p)))
-        if self.opts.clusters == "per_point" and self.opts.teardown != "keep":
+        if self._ends_per_point():
             self._end_clusters([p.cluster])
+
+    def _launch_down(self) -> bool:
+        """sky.launch's ``down``: SkyPilot's own autodown, asked for (autodown) or, per point, as
+        the safety net should the launcher die before it downs the point's cluster itself."""
+        o = self.opts
+        return bool(o.autodown) or (o.clusters == "per_point" and o.teardown in ("auto", "down"))
+
+    def _ends_per_point(self) -> bool:
+        """Each point's cluster is stopped or downed when that point ends (not at the sweep's end)."""
+        return self.opts.clusters == "per_point" and not self.opts.managed and self.opts.teardown != "keep"
 
     def _needs_launch(self, p: _Point) -> bool:
         """Shared cluster: the first point launches it (unless it is already up); the others wait."""
@@ -400,7 +409,7 @@ class SkypilotExecutor(QueuedExecutor):
     def _teardown(self) -> None:
         """After the sweep: down/stop the clusters the policy says (pool threads are idle now)."""
         how = self.opts.teardown
-        if self.opts.managed or how == "keep" or self.opts.clusters == "per_point":  # per_point: done per point
+        if self.opts.managed or how == "keep" or self.opts.clusters == "per_point":  # per_point: see _ends_per_point
             return
         if how == "auto":
             self._end_clusters(list(self._created) if self.opts.cluster_name is None else [])
