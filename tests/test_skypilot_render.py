@@ -129,6 +129,7 @@ def test_two_nodes_files_come_from_the_node_with_the_result(tmp_path):
     """torchrun's rank 0 (the one that writes the result) ran on node 1: its files come back, not
     node 0's; the nodes' interleaved lines stay whole and marked; a failed node fails the point."""
     from nrun_core.executors.skypilot.executor import _LogSink, _unpack
+    from nrun_core.executors.skypilot.remote import DATA
 
     head = _end_lines(0, 0, _tar_b64(tmp_path / "n0", "node0"))
     worker = _end_lines(1, 0, _tar_b64(tmp_path / "n1", "node1"), result=True)
@@ -142,6 +143,22 @@ def test_two_nodes_files_come_from_the_node_with_the_result(tmp_path):
     assert sink.exit_code == 0
     _unpack(sink.files, str(tmp_path / "job"))
     assert (tmp_path / "job" / ".hydra" / "config.yaml").read_text() == "x: node1\n"
+
+    # As seen in CI: SkyPilot wrote node 1's lines into the middle of one of node 0's, and the
+    # rest of node 0's line came later with no prefix. The files still come back whole.
+    p0, p1 = "\x1b[36m(head, rank=0, pid=40)\x1b[0m ", "\x1b[36m(head, rank=1, pid=41)\x1b[0m "
+    node0 = _end_lines(0, 0, _tar_b64(tmp_path / "n0b", "cut"), result=True)
+    cut = next(i for i, x in enumerate(node0) if x.startswith(DATA) and len(x) > 40)
+    line = node0[cut]
+    log = "".join(f"{p0}{x}\n" for x in node0[:cut])
+    log += f"{p0}{line[:40]}{p1}\n{p1}hello from node 1\n" + "".join(f"{p1}{x}\n" for x in _end_lines(1, 0, ""))
+    log += f"{line[40:]}\n" + "".join(f"{p0}{x}\n" for x in node0[cut + 1:])
+    sink = _LogSink(str(tmp_path / "jobcut" / "stdout.log"), nodes=2)
+    _feed(sink, log)
+    assert sink.garbled == "" and sink.exit_code == 0
+    _unpack(sink.files, str(tmp_path / "jobcut"))
+    assert (tmp_path / "jobcut" / ".hydra" / "config.yaml").read_text() == "x: cut\n"
+    assert "[node 1] hello from node 1\n" in (tmp_path / "jobcut" / "stdout.log").read_text()
 
     sink = _LogSink(str(tmp_path / "job2" / "stdout.log"), nodes=2)
     _feed(sink, "".join(f"(head, rank={n}, pid=1) {t}\n" for n, t in

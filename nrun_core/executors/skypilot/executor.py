@@ -298,7 +298,11 @@ class SkypilotExecutor(QueuedExecutor):
         self._msgs.put(("started", p))
         if p.cancel:
             self._cancel(p)
-        self._msgs.put(("ended", p, self._follow(p)))
+        try:
+            ended = self._follow(p)
+        except Exception as exc:  # noqa: BLE001 - a point must always end, or the sweep waits forever
+            ended = Ended(idx=spec.index, reason="lost", detail=f"could not follow {p.cluster} job {p.job_id}: {_why(exc)}")
+        self._msgs.put(("ended", p, ended))
         if self._ends_per_point():
             self._end_clusters([p.cluster])
 
@@ -374,6 +378,9 @@ class SkypilotExecutor(QueuedExecutor):
             sink.close()
             return Ended(idx=spec.index, reason="lost", detail=f"lost the log of {p.cluster} job {p.job_id}: {_why(exc)}")
         sink.close()
+        if sink.garbled:
+            return Ended(idx=spec.index, reason="exited", exit_code=sink.exit_code or 1,
+                         detail=f"ended, but {sink.garbled}; its files stay on the node")
         if sink.files is not None:
             try:
                 if spec.nodes > 1:  # every node's lines, each marked with its node; stdout.log is the reporting node's
@@ -444,6 +451,8 @@ class SkypilotExecutor(QueuedExecutor):
 
 
 _PREFIX = re.compile(r"^(\x1b\[[0-9;]*m)?\(([^()]*)pid=\d+[^()]*\)(\x1b\[0m)? ?")
+# SkyPilot's coloured prefix inside a line: another node's output cut into this one (see _LogSink._line)
+_CUT = re.compile(r"\x1b\[[0-9;]*m\(([^()]*)pid=\d+[^()]*\)\x1b\[0m ?")
 _RANK = re.compile(r"\brank=(\d+)")
 
 
@@ -463,7 +472,9 @@ class _LogSink(io.TextIOBase):
         self._parts: Dict[int, List[str]] = {}
         self._result: Dict[int, bool] = {}
         self._codes: Dict[int, int] = {}
+        self._pending: Dict[Optional[int], str] = {}  # node -> the start of its line another node cut into
         self.files: Optional[bytes] = None
+        self.garbled = ""  # why the files that came back could not be read
         self.exit_code: Optional[int] = None  # None: some node never reported its end
 
     def writable(self) -> bool:
@@ -476,13 +487,29 @@ class _LogSink(io.TextIOBase):
             self._line(line)
         return len(text)
 
-    def _line(self, line: str) -> None:
-        node = None
-        m = _PREFIX.match(line)  # SkyPilot's "(task, pid=N) " or "(head, rank=1, pid=N) " before each line
-        if m:
-            r = _RANK.search(m.group(2))
-            node = int(r.group(1)) if r else None
-            line = line[m.end():]
+    def _line(self, raw: str) -> None:
+        """One line of SkyPilot's merged log. Each line comes as "(task, pid=N) text" or, with
+        several nodes, "(head, rank=1, pid=N) text"; but SkyPilot writes each node's output as it
+        reads it, so a node's line can be cut by another's: "<p0>abc<p1>text of 1", and node 0's
+        "def" comes later with no prefix. The pieces are put back together here."""
+        m = _PREFIX.match(raw)
+        node, prefixed, rest = (_rank(m.group(2)), True, raw[m.end():]) if m else (None, False, raw)
+        start = 0
+        for cut in _CUT.finditer(rest):
+            self._piece(node, prefixed, rest[start:cut.start()], whole=False)
+            node, prefixed, start = _rank(cut.group(1)), True, cut.end()
+        self._piece(node, prefixed, rest[start:], whole=True)
+
+    def _piece(self, node: Optional[int], prefixed: bool, text: str, whole: bool) -> None:
+        if not prefixed and self._pending:  # the rest of a line that was cut
+            node = next(iter(self._pending))
+            text = self._pending.pop(node) + text
+        if not whole:
+            self._pending[node] = text
+            return
+        self._complete(node, text)
+
+    def _complete(self, node: Optional[int], line: str) -> None:
         bare = line.strip()
         if bare.startswith(self._begin):
             fields = _fields(bare)
@@ -502,13 +529,23 @@ class _LogSink(io.TextIOBase):
         if self._buf:
             self._line(self._buf)
             self._buf = ""
+        for node in list(self._pending):  # cut and never continued
+            self._complete(node, self._pending.pop(node))
         self._f.close()
         shipped = sorted(n for n in self._parts if n in self._codes)
         if shipped:
             chosen = next((n for n in shipped if self._result.get(n)), shipped[0])
-            self.files = base64.b64decode("".join(self._parts[chosen]))
+            try:
+                self.files = base64.b64decode("".join(self._parts[chosen]), validate=True)
+            except ValueError as exc:  # binascii.Error: the log lost or mixed some of it
+                self.garbled = f"node {chosen}'s files came back garbled through SkyPilot's log ({exc})"
         if len(self._codes) >= self._nodes:
             self.exit_code = next((c for _, c in sorted(self._codes.items()) if c), 0)
+
+
+def _rank(prefix: str) -> Optional[int]:
+    r = _RANK.search(prefix)
+    return int(r.group(1)) if r else None
 
 
 def _fields(line: str) -> Dict[str, str]:
