@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -167,6 +168,51 @@ def test_two_nodes_files_come_from_the_node_with_the_result(tmp_path):
     sink = _LogSink(str(tmp_path / "job3" / "stdout.log"), nodes=2)
     _feed(sink, "".join(f"(head, rank=0, pid=1) {t}\n" for t in _end_lines(0, 0, "")))
     assert sink.exit_code is None  # node 1 never said how it ended: not a success
+
+
+class _Stream:
+    """A point's pipe as the node's pump reads it: these (chunk, wait for this event first) in turn;
+    `asked[i]` is set when the pump asks for the i-th read (it has dealt with all before it)."""
+
+    def __init__(self, chunks: list) -> None:
+        self.chunks = chunks
+        self.asked = [threading.Event() for _ in range(len(chunks) + 1)]
+        self._n = 0
+
+    def read1(self, n: int) -> bytes:
+        self.asked[self._n].set()
+        self._n += 1
+        if not self.chunks:
+            return b""
+        data, go = self.chunks.pop(0)
+        if go is not None:
+            assert go.wait(10)
+        return data
+
+
+def test_the_nodes_log_gets_each_streams_lines_whole(tmp_path):
+    """Unbuffered print() writes its text and its newline apart: stdout's line, written in
+    between, must not land inside stderr's (CI saw "to-stderrpoint x=5" and lost both lines)."""
+    from nrun_core.executors.skypilot.remote import _pump
+
+    err = _Stream([(b"to-stderr", None), (b"\nTraceback", None), (b" (most recent call last):\n", None),
+                   (b"no end", None)])
+    out = _Stream([(b"point x=5\n", err.asked[1])])  # once stderr's first piece is dealt with
+    err.chunks[1] = (b"\nTraceback", out.asked[1])  # once stdout's line is dealt with
+    log, lock = io.BytesIO(), threading.Lock()
+    files = {name: open(tmp_path / name, "wb") for name in ("stdout.log", "stderr.log")}
+    pumps = [threading.Thread(target=_pump, args=(err, files["stderr.log"], log, lock)),
+             threading.Thread(target=_pump, args=(out, files["stdout.log"], log, lock))]
+    for t in pumps:
+        t.start()
+    for t in pumps:
+        t.join(10)
+    for f in files.values():
+        f.close()
+    assert log.getvalue().decode().splitlines() == [
+        "point x=5", "to-stderr", "Traceback (most recent call last):", "no end"]
+    assert (tmp_path / "stderr.log").read_bytes() == b"to-stderr\nTraceback (most recent call last):\nno end"
+    assert (tmp_path / "stdout.log").read_bytes() == b"point x=5\n"
 
 
 def test_files_that_would_land_outside_the_job_dir_are_refused(tmp_path):

@@ -44,7 +44,7 @@ def test_a_one_point_sweep_streams_its_output_and_its_traceback_once(backend, pr
     'Error executing job' of its own."""
     proc = conformance.launch(backend, proj, "x=5", "action=raise", sweep_dir=tmp_path / "multirun")
     assert proc.returncode != 0
-    assert "[0] point x=5 action=raise" in proc.stdout                   # the point's stdout, live
+    assert "[0] point x=5 action=raise" in proc.stdout, proc.stdout      # the point's stdout, live
     assert "[0] to-stderr" in proc.stderr and "[0] ValueError: boom at x=5" in proc.stderr
     assert proc.stderr.count("Traceback (most recent call last)") == 1, proc.stderr
     assert "Error executing job" not in proc.stderr

@@ -31,14 +31,31 @@ BEGIN = "@@nrun-sky-files-begin"   # BEGIN <sweep> <index> node=<rank> result=<0
 DATA = "@@nrun-sky-data"           # DATA<rank> <base64 chunk>
 END = "@@nrun-sky-files-end"       # END node=<rank> <exit code>
 LINE = 76
+HOLD = 1 << 16  # a partial line is held back from SkyPilot's log up to this many bytes
 
 
-def _pump(src, files, lock):
+def _pump(src, job_log, sky_log, lock):
+    """One of the point's streams into its own file in the job dir, as it comes, and into SkyPilot's
+    log, which both streams share, in whole lines: a partial line (``print`` writes the text and its
+    newline apart when unbuffered) is held until its end, so the other stream's output never lands
+    inside it. A line longer than HOLD goes out in pieces; the last one gets its end at EOF."""
+    rest = b""
     for chunk in iter(lambda: src.read1(65536) if hasattr(src, "read1") else src.read(65536), b""):
-        for f in files:
+        job_log.write(chunk)
+        job_log.flush()
+        buf = rest + chunk
+        cut = buf.rfind(b"\n") + 1
+        if not cut and len(buf) >= HOLD:
+            cut = len(buf)
+        if cut:
             with lock:
-                f.write(chunk)
-                f.flush()
+                sky_log.write(buf[:cut])
+                sky_log.flush()
+        rest = buf[cut:]
+    if rest:
+        with lock:
+            sky_log.write(rest + b"\n")
+            sky_log.flush()
 
 
 def _files(job_dir, limit):
@@ -104,8 +121,8 @@ def main(argv):
         signal.signal(sig, forward)
     lock = threading.Lock()
     log = sys.stdout.buffer
-    pumps = [threading.Thread(target=_pump, args=(proc.stdout, [out, log], lock)),
-             threading.Thread(target=_pump, args=(proc.stderr, [err, log], lock))]
+    pumps = [threading.Thread(target=_pump, args=(proc.stdout, out, log, lock)),
+             threading.Thread(target=_pump, args=(proc.stderr, err, log, lock))]
     for t in pumps:
         t.start()
     code = proc.wait()
