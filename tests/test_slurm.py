@@ -134,8 +134,10 @@ def test_timeout_is_checkpointed_and_requeued_by_submitit(slurm_env, home, tmp_p
     launcher = launch("action=requeue_once", "seconds=300", "x=1", "hydra.launcher.time=1",
                       "hydra.launcher.max_num_timeout=1", "hydra.launcher.signal_delay_s=55")
     bid = wait_for(lambda: _backend_ids()[0])
-    wait_for(lambda: "BeginTime" in subprocess.run(["squeue", "-h", "-j", bid, "-o", "%r"],
-                                                    capture_output=True, text=True).stdout, timeout=90)
+    _wait_state(bid, "RUNNING", timeout=150)  # the start may wait for a free node
+    # Slurm sends the warning from its periodic time-limit check (every 30 s or so), a little
+    # after the 5 s mark; submitit's handler then requeues the point: pending, reason BeginTime
+    _wait_state(bid, "BeginTime", timeout=120)
     _expedite(bid)
     out, err = launcher.communicate(timeout=180)
     assert launcher.returncode == 0, err
@@ -210,12 +212,28 @@ def test_unknown_partition_fails_before_anything_is_submitted(slurm_env, home, t
     assert nrun("list").stdout.count("\n") <= 1        # nothing recorded either
 
 
+def _queue_state(job_id: str) -> str:
+    """The job's state and reason as squeue shows them ("PENDING BeginTime"); empty once gone."""
+    return subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T %r"], capture_output=True, text=True).stdout.strip()
+
+
+def _wait_state(job_id: str, want: str, timeout: float) -> None:
+    """Wait until squeue's state-and-reason of the job says `want`; fail with what Slurm last said."""
+    seen: List[str] = []
+    try:
+        wait_for(lambda: want in (seen.append(_queue_state(job_id)) or seen[-1]), timeout=timeout)
+    except AssertionError:
+        job = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True)
+        nodes = subprocess.run(["squeue", "-h", "-o", "%i %T %r %N %j"], capture_output=True, text=True)
+        raise AssertionError(f"job {job_id} not {want} within {timeout}s; states seen: {sorted(set(seen))}\n"
+                             f"{job.stdout}{job.stderr}\nthe queue:\n{nodes.stdout}") from None
+
+
 def _expedite(job_id: str) -> None:
     """Slurm holds a requeued job back (reason BeginTime, ~2 min here) before it may start again;
     start it now, as an operator would, once the first run's processes are gone from the node
     (launching it again while they exit fails the new run)."""
-    wait_for(lambda: "BeginTime" in subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%r"],
-                                                    capture_output=True, text=True).stdout, timeout=30)
+    _wait_state(job_id, "BeginTime", timeout=30)
     wait_for(lambda: not _job_processes(job_id), timeout=30)
     time.sleep(1.0)  # slurmstepd reports the end to slurmd after its processes exit
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
