@@ -106,6 +106,12 @@ def _end_lines(node: int, code: int, b64: str = "", result: bool = False) -> lis
     return block + [f"{END} node={node} {code}"]
 
 
+def _sink(job_dir: Path, nodes: int = 1):
+    from nrun_core.executors.skypilot.executor import _LogSink
+
+    return _LogSink(str(job_dir / "stdout.log"), str(job_dir / "stderr.log"), nodes=nodes)
+
+
 def _feed(sink, log: str) -> None:
     for i in range(0, len(log), 7):  # in pieces, as the stream arrives
         sink.write(log[i:i + 7])
@@ -113,14 +119,18 @@ def _feed(sink, log: str) -> None:
 
 
 def test_a_points_files_come_back_through_its_log(tmp_path):
-    """The node's end marker carries the job dir; lines before it land in stdout.log."""
-    from nrun_core.executors.skypilot.executor import _LogSink, _unpack
+    """The node's end marker carries the job dir; the lines before it land in stdout.log and, those
+    the node marked as stderr's, in stderr.log (SkyPilot's own lines go with stdout)."""
+    from nrun_core.executors.skypilot.executor import _unpack
+    from nrun_core.executors.skypilot.remote import ERR
 
     b64 = _tar_b64(tmp_path / "node", "1")
-    sink = _LogSink(str(tmp_path / "job" / "stdout.log"))
+    sink = _sink(tmp_path / "job")
     prefix = "\x1b[36m(sky-cmd, pid=42)\x1b[0m "
-    _feed(sink, "".join(f"{prefix}{line}\n" for line in ["point x=1", *_end_lines(0, 3, b64)]))
-    assert (tmp_path / "job" / "stdout.log").read_text() == "point x=1\n"
+    lines = ["point x=1", f"{ERR}to-stderr", f"{ERR}Traceback (most recent call last):", *_end_lines(0, 3, b64)]
+    _feed(sink, "├── Waiting for task resources on 1 node.\n" + "".join(f"{prefix}{line}\n" for line in lines))
+    assert (tmp_path / "job" / "stdout.log").read_text() == "├── Waiting for task resources on 1 node.\npoint x=1\n"
+    assert (tmp_path / "job" / "stderr.log").read_text() == "to-stderr\nTraceback (most recent call last):\n"
     assert sink.exit_code == 3
     _unpack(sink.files, str(tmp_path / "job"))
     assert (tmp_path / "job" / ".hydra" / "config.yaml").read_text() == "x: 1\n"
@@ -129,7 +139,7 @@ def test_a_points_files_come_back_through_its_log(tmp_path):
 def test_two_nodes_files_come_from_the_node_with_the_result(tmp_path):
     """torchrun's rank 0 (the one that writes the result) ran on node 1: its files come back, not
     node 0's; the nodes' interleaved lines stay whole and marked; a failed node fails the point."""
-    from nrun_core.executors.skypilot.executor import _LogSink, _unpack
+    from nrun_core.executors.skypilot.executor import _unpack
     from nrun_core.executors.skypilot.remote import DATA
 
     head = _end_lines(0, 0, _tar_b64(tmp_path / "n0", "node0"))
@@ -138,7 +148,7 @@ def test_two_nodes_files_come_from_the_node_with_the_result(tmp_path):
     for a, b in zip(head + [""] * len(worker), worker + [""] * len(head)):  # line by line, alternating
         lines += [("0", a)] * bool(a) + [("1", b)] * bool(b)
     log = "".join(f"\x1b[36m(head, rank={n}, pid=4{n})\x1b[0m {text}\n" for n, text in lines)
-    sink = _LogSink(str(tmp_path / "job" / "stdout.log"), nodes=2)
+    sink = _sink(tmp_path / "job", nodes=2)
     _feed(sink, log)
     assert (tmp_path / "job" / "stdout.log").read_text() == "[node 0] hello from node 0\n[node 1] hello from node 1\n"
     assert sink.exit_code == 0
@@ -154,18 +164,18 @@ def test_two_nodes_files_come_from_the_node_with_the_result(tmp_path):
     log = "".join(f"{p0}{x}\n" for x in node0[:cut])
     log += f"{p0}{line[:40]}{p1}\n{p1}hello from node 1\n" + "".join(f"{p1}{x}\n" for x in _end_lines(1, 0, ""))
     log += f"{line[40:]}\n" + "".join(f"{p0}{x}\n" for x in node0[cut + 1:])
-    sink = _LogSink(str(tmp_path / "jobcut" / "stdout.log"), nodes=2)
+    sink = _sink(tmp_path / "jobcut", nodes=2)
     _feed(sink, log)
     assert sink.garbled == "" and sink.exit_code == 0
     _unpack(sink.files, str(tmp_path / "jobcut"))
     assert (tmp_path / "jobcut" / ".hydra" / "config.yaml").read_text() == "x: cut\n"
     assert "[node 1] hello from node 1\n" in (tmp_path / "jobcut" / "stdout.log").read_text()
 
-    sink = _LogSink(str(tmp_path / "job2" / "stdout.log"), nodes=2)
+    sink = _sink(tmp_path / "job2", nodes=2)
     _feed(sink, "".join(f"(head, rank={n}, pid=1) {t}\n" for n, t in
                         [(0, x) for x in _end_lines(0, 0, "")] + [(1, x) for x in _end_lines(1, 7, "")]))
     assert sink.exit_code == 7 and sink.files is None
-    sink = _LogSink(str(tmp_path / "job3" / "stdout.log"), nodes=2)
+    sink = _sink(tmp_path / "job3", nodes=2)
     _feed(sink, "".join(f"(head, rank=0, pid=1) {t}\n" for t in _end_lines(0, 0, "")))
     assert sink.exit_code is None  # node 1 never said how it ended: not a success
 
@@ -193,7 +203,7 @@ class _Stream:
 def test_the_nodes_log_gets_each_streams_lines_whole(tmp_path):
     """Unbuffered print() writes its text and its newline apart: stdout's line, written in
     between, must not land inside stderr's (CI saw "to-stderrpoint x=5" and lost both lines)."""
-    from nrun_core.executors.skypilot.remote import _pump
+    from nrun_core.executors.skypilot.remote import ERR, _pump
 
     err = _Stream([(b"to-stderr", None), (b"\nTraceback", None), (b" (most recent call last):\n", None),
                    (b"no end", None)])
@@ -201,7 +211,7 @@ def test_the_nodes_log_gets_each_streams_lines_whole(tmp_path):
     err.chunks[1] = (b"\nTraceback", out.asked[1])  # once stdout's line is dealt with
     log, lock = io.BytesIO(), threading.Lock()
     files = {name: open(tmp_path / name, "wb") for name in ("stdout.log", "stderr.log")}
-    pumps = [threading.Thread(target=_pump, args=(err, files["stderr.log"], log, lock)),
+    pumps = [threading.Thread(target=_pump, args=(err, files["stderr.log"], log, lock, ERR.encode())),
              threading.Thread(target=_pump, args=(out, files["stdout.log"], log, lock))]
     for t in pumps:
         t.start()
@@ -209,8 +219,8 @@ def test_the_nodes_log_gets_each_streams_lines_whole(tmp_path):
         t.join(10)
     for f in files.values():
         f.close()
-    assert log.getvalue().decode().splitlines() == [
-        "point x=5", "to-stderr", "Traceback (most recent call last):", "no end"]
+    assert log.getvalue().decode().splitlines() == [      # stderr's lines marked, for the launcher to split
+        "point x=5", f"{ERR}to-stderr", f"{ERR}Traceback (most recent call last):", f"{ERR}no end"]
     assert (tmp_path / "stderr.log").read_bytes() == b"to-stderr\nTraceback (most recent call last):\nno end"
     assert (tmp_path / "stdout.log").read_bytes() == b"point x=5\n"
 

@@ -46,7 +46,7 @@ def test_a_one_point_sweep_streams_its_output_and_its_traceback_once(backend, pr
     assert proc.returncode != 0
     assert "[0] point x=5 action=raise" in proc.stdout, proc.stdout      # the point's stdout, live
     assert "[0] to-stderr" in proc.stderr and "[0] ValueError: boom at x=5" in proc.stderr
-    assert proc.stderr.count("Traceback (most recent call last)") == 1, proc.stderr
+    assert (proc.stdout + proc.stderr).count("Traceback (most recent call last)") == 1, proc.stdout + proc.stderr
     assert "Error executing job" not in proc.stderr
     assert re.search(r"#0 FAILED: ValueError: boom at x=5\n\s+logs: \S+/stdout.log", proc.stderr), proc.stderr
     assert states() == {0: "FAILED"}
@@ -60,7 +60,7 @@ def test_slurm_over_ssh_streams_from_the_login_node(ssh_login, slurm_cluster, ho
     assert proc.returncode != 0
     assert re.search(r"^\[0 action=ok\]\s+point x=4 action=ok", proc.stdout, re.M), proc.stdout  # prefixes aligned
     assert re.search(r"^\[1 action=raise\] point x=4 action=raise", proc.stdout, re.M)
-    assert proc.stderr.count("Traceback (most recent call last)") == 1, proc.stderr
+    assert (proc.stdout + proc.stderr).count("Traceback (most recent call last)") == 1, proc.stdout + proc.stderr
     assert "[1 action=raise] ValueError: boom" in proc.stderr
 
 

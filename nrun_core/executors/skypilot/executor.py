@@ -368,7 +368,7 @@ class SkypilotExecutor(QueuedExecutor):
         import sky
 
         spec = p.slot.spec
-        sink = _LogSink(spec.stdout, nodes=spec.nodes)
+        sink = _LogSink(spec.stdout, spec.stderr, nodes=spec.nodes)
         try:
             if self.opts.managed:
                 code = sky.jobs.tail_logs(job_id=p.job_id, follow=True, output_stream=sink)
@@ -385,6 +385,8 @@ class SkypilotExecutor(QueuedExecutor):
             try:
                 if spec.nodes > 1:  # every node's lines, each marked with its node; stdout.log is the reporting node's
                     os.replace(spec.stdout, os.path.join(spec.job_dir, "nodes.log"))
+                    if os.path.exists(spec.stderr):
+                        os.replace(spec.stderr, os.path.join(spec.job_dir, "nodes.stderr.log"))
                 _unpack(sink.files, spec.job_dir)
             except Exception as exc:  # noqa: BLE001
                 return Ended(idx=spec.index, reason="exited", exit_code=sink.exit_code,
@@ -457,17 +459,21 @@ _RANK = re.compile(r"\brank=(\d+)")
 
 
 class _LogSink(io.TextIOBase):
-    """sky.tail_logs' output stream: lines into the point's stdout.log (each marked with its node
-    when there are several); the nodes' end markers kept aside: their exit codes, and the files of
-    the node that holds the result (else node 0's)."""
+    """sky.tail_logs' output stream: the point's lines into its stdout.log and stderr.log (the node
+    marks stderr's; each line marked with its node when there are several; SkyPilot's own lines go
+    with stdout), as they come, so the live view shows each where it belongs; the nodes' end
+    markers kept aside: their exit codes, and the files of the node that holds the result (else
+    node 0's), which replace these logs at the end."""
 
-    def __init__(self, path: str, nodes: int = 1) -> None:
-        from nrun_core.executors.skypilot.remote import BEGIN, DATA, END
+    def __init__(self, path: str, err_path: str, nodes: int = 1) -> None:
+        from nrun_core.executors.skypilot.remote import BEGIN, DATA, END, ERR
 
-        self._begin, self._data, self._end = BEGIN, DATA, END
+        self._begin, self._data, self._end, self._err_mark = BEGIN, DATA, END, ERR
         self._nodes = nodes
         os.makedirs(os.path.dirname(path), exist_ok=True)
         self._f = open(path, "a")
+        self._err_path = err_path
+        self._err: Optional[io.TextIOBase] = None  # opened at stderr's first line
         self._buf = ""
         self._parts: Dict[int, List[str]] = {}
         self._result: Dict[int, bool] = {}
@@ -522,8 +528,14 @@ class _LogSink(io.TextIOBase):
             self._codes[int(_fields(bare).get("node", 0))] = int(bare.split()[-1])
         else:
             tag = f"[node {node}] " if self._nodes > 1 and node is not None else ""
-            self._f.write(tag + line + "\n")
-            self._f.flush()
+            f = self._f
+            if line.startswith(self._err_mark):
+                line = line[len(self._err_mark):]
+                if self._err is None:
+                    self._err = open(self._err_path, "a")
+                f = self._err
+            f.write(tag + line + "\n")
+            f.flush()
 
     def close(self) -> None:
         if self._buf:
@@ -532,6 +544,8 @@ class _LogSink(io.TextIOBase):
         for node in list(self._pending):  # cut and never continued
             self._complete(node, self._pending.pop(node))
         self._f.close()
+        if self._err is not None:
+            self._err.close()
         shipped = sorted(n for n in self._parts if n in self._codes)
         if shipped:
             chosen = next((n for n in shipped if self._result.get(n)), shipped[0])

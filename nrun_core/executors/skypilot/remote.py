@@ -6,7 +6,8 @@ Standard library only (3.8+): the node's Python may lack nrun. Called from the t
 
 It unpacks the sweep's code once per node (nrun's own safe unpacker), gives the point a job dir
 of its own under ``remote_dir`` (the launcher's absolute path rarely exists there), runs the point
-runtime with its stdout/stderr going both to the job dir's logs and to SkyPilot's job log, and
+runtime with its stdout/stderr going both to the job dir's logs and to SkyPilot's job log (in
+whole lines, stderr's marked, so the launcher shows each stream live where it belongs), and
 ends by printing its exit code and the job dir (`.hydra/`, outputs, result) as a base64 tar in
 marked lines: SkyPilot's log is the one channel every infra has, so the files come back through it.
 Multi-node: every node prints its exit code; the files come from the node whose worker wrote the
@@ -32,14 +33,16 @@ DATA = "@@nrun-sky-data"           # DATA<rank> <base64 chunk>
 END = "@@nrun-sky-files-end"       # END node=<rank> <exit code>
 LINE = 76
 HOLD = 1 << 16  # a partial line is held back from SkyPilot's log up to this many bytes
+ERR = "\x1b[0;39m"  # starts each stderr line in SkyPilot's log: invisible on a terminal, tells the launcher
 
 
-def _pump(src, job_log, sky_log, lock):
+def _pump(src, job_log, sky_log, lock, mark=b""):
     """One of the point's streams into its own file in the job dir, as it comes, and into SkyPilot's
     log, which both streams share, in whole lines: a partial line (``print`` writes the text and its
     newline apart when unbuffered) is held until its end, so the other stream's output never lands
-    inside it. A line longer than HOLD goes out in pieces; the last one gets its end at EOF."""
-    rest = b""
+    inside it. Each line there starts with `mark` (stderr's), so the launcher can split them again.
+    A line longer than HOLD goes out in pieces; the last one gets its end at EOF."""
+    rest, at_start = b"", True
     for chunk in iter(lambda: src.read1(65536) if hasattr(src, "read1") else src.read(65536), b""):
         job_log.write(chunk)
         job_log.flush()
@@ -49,13 +52,22 @@ def _pump(src, job_log, sky_log, lock):
             cut = len(buf)
         if cut:
             with lock:
-                sky_log.write(buf[:cut])
+                sky_log.write(_marked(buf[:cut], mark, at_start))
                 sky_log.flush()
+            at_start = buf[cut - 1:cut] == b"\n"
         rest = buf[cut:]
     if rest:
         with lock:
-            sky_log.write(rest + b"\n")
+            sky_log.write(_marked(rest + b"\n", mark, at_start))
             sky_log.flush()
+
+
+def _marked(data, mark, at_start):
+    """`data` with `mark` before each line that starts in it."""
+    if not mark:
+        return data
+    head = mark if at_start else b""
+    return head + data[:-1].replace(b"\n", b"\n" + mark) + data[-1:]
 
 
 def _files(job_dir, limit):
@@ -71,6 +83,7 @@ def _files(job_dir, limit):
                     tar.add(os.path.join(job_dir, sub), arcname=sub)
         sys.stdout.write("nrun: the job dir is %d bytes packed, over max_files_mb: only .hydra/ and the "
                          "result come back; the rest stays in %s\n" % (len(data), job_dir))
+        sys.stdout.flush()  # before the end block, which goes to sys.stdout.buffer
         data = buf.getvalue()
     return base64.b64encode(data).decode()
 
@@ -122,7 +135,7 @@ def main(argv):
     lock = threading.Lock()
     log = sys.stdout.buffer
     pumps = [threading.Thread(target=_pump, args=(proc.stdout, out, log, lock)),
-             threading.Thread(target=_pump, args=(proc.stderr, err, log, lock))]
+             threading.Thread(target=_pump, args=(proc.stderr, err, log, lock, ERR.encode()))]
     for t in pumps:
         t.start()
     code = proc.wait()
@@ -137,7 +150,7 @@ def main(argv):
         block = "%s %s %s node=%d result=%d\n" % (BEGIN, point["sweep_id"], point["index"], rank, has_result)
         block += "".join("%s%d %s\n" % (DATA, rank, text[i:i + LINE]) for i in range(0, len(text), LINE))
     with lock:
-        log.write(("\n%s%s node=%d %d\n" % (block, END, rank, code)).encode())
+        log.write(("%s%s node=%d %d\n" % (block, END, rank, code)).encode())  # the pumps ended their lines
         log.flush()
     return code if code >= 0 else 128 - code
 
