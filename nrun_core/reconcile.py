@@ -5,15 +5,18 @@ supervisor). If that process is gone while points are not finished, whoever read
 settles them through the executor's stateless ``Control``: a point still queued or running at
 the backend stays so; one that ended is settled from the result file it left (its own: tied to
 the sweep, the point and its overrides); one that never started is marked LOST, so nothing stays
-in limbo.
+in limbo. A backend that cannot be asked at all (its API server down) raises BackendError from
+``describe``: then nothing is settled, since silence is not an ending.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any, Dict
 
 from nrun_core import procs, registry
+from nrun_core.errors import BackendError
 from nrun_core.executors.base import ENDED, RUNNING as BACKEND_RUNNING
 from nrun_core.runtime.result import COMPLETED as R_COMPLETED, read_result
 from nrun_core.spec import JobSpec
@@ -37,6 +40,9 @@ def reconcile(store: Store, sweep: Dict[str, Any]) -> bool:
     ctl = control(sweep)
     try:
         states = ctl.describe([p for p in live if p["state"] != PENDING]) if live else {}
+    except BackendError as exc:  # the backend could not be asked at all: nothing is settled from silence
+        print(f"nrun: sweep {sweep['id']}: {exc}", file=sys.stderr)
+        return False
     finally:
         ctl.close()
     changed = still_running = False

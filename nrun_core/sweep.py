@@ -172,7 +172,7 @@ class Sweep:
                 return [self._job_return(s, Outcome(COMPLETED)) for s in specs]
 
         reused = self._resumable(specs) if o.get("resume") else {}
-        self._record(sweep_dir, specs, artifact)
+        self._record(sweep_dir, specs, artifact, executor.record())
         for idx, outcome in reused.items():
             self.store.update_point(self.sweep_id, idx, state=COMPLETED, value_repr=repr(outcome.value)[:500],
                                     detail="resumed: completed in an earlier sweep")
@@ -366,7 +366,7 @@ class Sweep:
                   "settles them from there once the store is writable", file=sys.stderr)
 
     # -- store ---------------------------------------------------------------------------
-    def _record(self, sweep_dir: Path, specs: List[JobSpec], artifact: Any) -> None:
+    def _record(self, sweep_dir: Path, specs: List[JobSpec], artifact: Any, info: Dict[str, Any]) -> None:
         secret = opts.secret_names(self.options)
         if not self._recorded:
             self.store.create_sweep(
@@ -374,7 +374,7 @@ class Sweep:
                 executor=self.executor_name, state="RUNNING", app=_app_name(),
                 cwd=os.getcwd(), argv=opts.redacted_argv(sys.argv, secret), sweep_dir=str(sweep_dir),
                 conf=opts.redacted(self.options), artifact=artifact.manifest if artifact else None,
-                detached=int(not self.options.get("wait", True)),
+                detached=int(not self.options.get("wait", True)), info=info or None,
                 supervisor_pid=os.getpid(), supervisor_start=procs.start_time(os.getpid()))
             self._recorded = True
         else:

@@ -173,6 +173,12 @@ class Executor(ABC):
         """The sweep is over: nothing live and no retry due. Release what the whole sweep held
         (SkyPilot clusters). Not ``busy() == False``: that also happens while a retry waits."""
 
+    def record(self) -> Dict[str, Any]:
+        """What this sweep's Control will need from another shell that the options do not say
+        (which API server the points went to), stored with the sweep as its ``info``. Never a
+        secret: the store is plain text."""
+        return {}
+
     @classmethod
     def control(cls, sweep: Dict[str, Any]) -> Control:
         return cls.control_class(sweep)
