@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -147,6 +149,46 @@ def test_timeout_is_checkpointed_and_requeued_by_submitit(slurm_env, home, tmp_p
     out = (job / "stdout.log").read_text()
     assert out.index("restarts=0") < out.index("restarts=1")          # one run, requeued, run again
     assert "this job is timed-out" in (job / "stderr.log").read_text()  # submitit's USR2 handler saw it
+
+
+def test_a_shell_that_cannot_reach_slurm_leaves_the_points_as_recorded(slurm_env, home, tmp_path, launch):
+    """The launcher died (-9) with its point running. `nrun status` from a shell whose Slurm does
+    not answer (its SLURM_CONF names ports nothing listens on) says so and keeps the point
+    RUNNING: silence is not an ending (it was marked LOST, "ended unwatched without a result").
+    Once Slurm answers, the point is still RUNNING, and `nrun cancel` stops it."""
+    launcher = launch("action=sleep", "seconds=300", "x=1")
+    bid = wait_for(lambda: _backend_ids()[0])
+    wait_for(lambda: states() == {0: "RUNNING"}, timeout=150)  # as the launcher recorded it
+    launcher.kill()
+    launcher.communicate(timeout=30)
+    try:
+        _status_without_slurm_then_cancel(bid, tmp_path)
+    finally:
+        subprocess.run(["scancel", bid.split(":")[0]], capture_output=True)  # whatever happened above
+
+
+def _status_without_slurm_then_cancel(bid: str, tmp_path: Path) -> None:
+    conf = Path(os.environ["SLURM_CONF"]).read_text()
+    closed = [str(_closed_port()) for _ in range(2)]
+    unreachable = tmp_path / "unreachable-slurm.conf"
+    unreachable.write_text(re.sub(r"(?m)^AccountingStoragePort=\d+", f"AccountingStoragePort={closed[1]}",
+                                  re.sub(r"(?m)^SlurmctldPort=\d+", f"SlurmctldPort={closed[0]}", conf)))
+    out = nrun("status", "last", "--json", env={"SLURM_CONF": str(unreachable)}, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["points"][0]["state"] == "RUNNING"
+    assert "Slurm did not answer" in out.stderr and "SLURM_CONF" in out.stderr, out.stderr
+    assert states() == {0: "RUNNING"}                                   # asked again, Slurm answers
+    cancel = nrun("cancel", "last", timeout=120)
+    assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+    assert states() == {0: "CANCELLED"}
+    wait_for(lambda: not _queue_state(bid), timeout=60)
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then let go)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_two_node_torchrun_gloo_allreduce(slurm_env, home, tmp_path):

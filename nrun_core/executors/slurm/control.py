@@ -26,6 +26,7 @@ class SlurmControl(Control):
     def __init__(self, sweep: Dict[str, Any], site: Any = None) -> None:
         super().__init__(sweep)
         self._site: Any = site
+        self._failed: Dict[str, str] = {}  # command -> its error, of the last states()
 
     @property
     def site(self) -> Any:
@@ -46,26 +47,39 @@ class SlurmControl(Control):
         out = self.site.run(["squeue", "-h", "--states=all", "-o", slurm_state.SQUEUE_FORMAT,
                              "-j", ",".join(slurm_state.array_ids(ids))], timeout=30)
         if out.returncode != 0:
-            return {} if "Invalid job id" in out.stderr else None
+            if "Invalid job id" in out.stderr:
+                return {}
+            self._failed["squeue"] = out.stderr.strip()[-300:]
+            return None
         return slurm_state.parse_squeue(out.stdout)
 
     def sacct(self, ids: Sequence[str]) -> Dict[str, slurm_state.TaskState]:
-        """The accounting record (exit codes; tasks squeue forgot)."""
+        """The accounting record (exit codes; tasks squeue forgot); empty when sacct failed."""
         out = self.site.run(["sacct", "-X", "-n", "-P", "-o", slurm_state.SACCT_FIELDS, "-j", ",".join(ids)],
                             timeout=30)
-        return slurm_state.parse_sacct(out.stdout) if out.returncode == 0 else {}
+        if out.returncode != 0:
+            self._failed["sacct"] = out.stderr.strip()[-300:]
+            return {}
+        return slurm_state.parse_sacct(out.stdout)
 
     def scancel(self, ids: Sequence[str]) -> Any:
         return self.site.run(["scancel", *ids])
 
     def states(self, ids: Sequence[str]) -> Dict[str, slurm_state.TaskState]:
-        """squeue for what Slurm still holds, sacct for the rest."""
+        """squeue for what Slurm still holds, sacct for the rest. BackendError when neither
+        answered (slurmctld and slurmdbd unreachable): their silence says nothing of the points."""
         if not ids:
             return {}
-        found = self.squeue(ids) or {}
+        self._failed.clear()
+        queued = self.squeue(ids)
+        found = dict(queued or {})
         missing = [i for i in ids if i not in found]
         if missing:
             found.update(self.sacct(missing))
+        if queued is None and "sacct" in self._failed:
+            raise BackendError("Slurm did not answer: " + "; ".join(f"{k}: {v or 'failed'}" for k, v in self._failed.items())
+                               + ". The points' states stay as recorded; check the controller (`scontrol ping`) "
+                               "and the SLURM_CONF this shell uses, then ask again")
         return found
 
     def describe(self, points: Sequence[Dict[str, Any]]) -> Dict[int, Optional[BackendState]]:
