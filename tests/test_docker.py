@@ -7,6 +7,7 @@ listing that none of its sweep's containers is left behind.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
-from conftest import APPS, PYTHON, nrun, states, status_json, interruptible, wait_for, make_project
+from conftest import APPS, NRUN, PYTHON, nrun, states, status_json, interruptible, wait_for, make_project
 from docker_fixtures import docker_client, docker_env, docker_sandbox, docker_torch_image  # noqa: F401
 
 pytestmark = pytest.mark.docker
@@ -137,6 +138,12 @@ def test_cancel_from_another_shell_when_the_supervisor_is_gone(docker_env, docke
     wait_for(lambda: states()[0] == "RUNNING")
     os.kill(status_json()["sweep"]["supervisor_pid"], signal.SIGKILL)  # nobody watches the sweep now
     time.sleep(0.5)
+    # a shell without the sandbox's DOCKER_HOST asks the engine the sweep recorded, not its own
+    # default socket (whose silence made the point LOST)
+    bare = subprocess.run([*NRUN, "status", sweep_id, "--json"], capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")})
+    assert bare.returncode == 0 and "did not answer" not in bare.stderr, bare.stderr
+    assert json.loads(bare.stdout)["points"][0]["state"] == "RUNNING"
     assert states()[0] == "RUNNING"            # the engine says the container still runs
     out = nrun("cancel", sweep_id, timeout=90)
     assert out.returncode == 0, out.stdout + out.stderr

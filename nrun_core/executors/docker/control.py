@@ -7,6 +7,7 @@ and network nrun creates carries ``nrun.sweep=<id>`` and ``nrun.point=<idx>`` la
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Dict, List, Optional
 
@@ -19,16 +20,24 @@ _ENGINES: Dict[Optional[str], Any] = {}
 
 def _engine(sweep: Dict[str, Any]) -> Any:
     """One client per engine address for the life of the command (it probes point after point);
-    None when no engine answers: then nobody can tell."""
+    None when no engine answers."""
     from nrun_core.executors.docker.engine import Engine
 
-    host = (sweep.get("conf") or {}).get("docker_host")
+    host = _host(sweep)
     if host not in _ENGINES:
         try:
             _ENGINES[host] = Engine(host)
         except NrunError:
             return None
     return _ENGINES[host]
+
+
+def _host(sweep: Dict[str, Any]) -> Optional[str]:
+    """The engine the sweep's containers went to: its docker_host, else the one the launcher
+    recorded (None when that is this shell's DOCKER_HOST too: the client then also takes its TLS
+    settings from the environment)."""
+    host = (sweep.get("conf") or {}).get("docker_host") or (sweep.get("info") or {}).get("docker_host")
+    return None if host == os.environ.get("DOCKER_HOST") else host
 
 
 def _labels(sweep: Dict[str, Any], idx: int) -> Dict[str, str]:
@@ -64,12 +73,17 @@ def cancel(sweep: Dict[str, Any], points: List[Dict[str, Any]], grace_s: float) 
                            f"`docker ps -a --filter label=nrun.sweep={sweep['id']}`") from None
 
 
-def probe(sweep: Dict[str, Any], point: Dict[str, Any]) -> Optional[bool]:
+def probe(sweep: Dict[str, Any], point: Dict[str, Any]) -> bool:
     """Is the point still running at the engine? The ended containers of an unwatched sweep are
-    removed here (unless hydra.launcher.remove=never): nobody else would."""
+    removed here (unless hydra.launcher.remove=never): nobody else would. BackendError when the
+    engine cannot be asked: its silence says nothing of the point."""
     engine = _engine(sweep)
     if engine is None:
-        return None
+        from nrun_core.executors.docker.engine import engine_address
+
+        address, source = engine_address(_host(sweep))
+        raise BackendError(f"the Docker engine at {address} ({source}) did not answer; the points' states stay as recorded: "
+                           "start it (the sandbox's: `nrun sandbox docker up`, then eval its env) and ask again")
     try:
         found = engine.find(_labels(sweep, point["idx"]))
         if any(c["state"] in LIVE for c in found):
@@ -80,16 +94,16 @@ def probe(sweep: Dict[str, Any], point: Dict[str, Any]) -> Optional[bool]:
             for net in engine.networks(_labels(sweep, point["idx"])):
                 engine.remove_network(net)
         return False
-    except Exception:
-        return None
+    except Exception as exc:
+        raise BackendError(f"the Docker engine {engine.address} did not answer about point {point['idx']} "
+                           f"({exc}); the points' states stay as recorded") from None
 
 
 class DockerControl(Control):
     def describe(self, points: Any) -> Dict[int, Optional[BackendState]]:
         out: Dict[int, Optional[BackendState]] = {}
         for p in points:
-            live = probe(self.sweep, p)
-            out[p["idx"]] = None if live is None else BackendState(RUNNING if live else ENDED)
+            out[p["idx"]] = BackendState(RUNNING if probe(self.sweep, p) else ENDED)
         return out
 
     def cancel(self, points: Any) -> List[int]:

@@ -127,6 +127,13 @@ class DockerExecutor(QueuedExecutor):
         finally:
             engine.close()
 
+    def record(self) -> Dict[str, Any]:
+        """The engine the containers went to: `nrun status` from a shell without this DOCKER_HOST
+        asks that one, not its own default socket."""
+        from nrun_core.executors.docker.engine import engine_address
+
+        return {"docker_host": engine_address(self.opts.docker_host)[0]}
+
     def render(self, specs: Sequence[JobSpec]) -> List[Request]:
         runtime = runtime_copy.runtime_dir(create=False)
         out = []
