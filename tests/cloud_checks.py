@@ -1,6 +1,7 @@
 """What the nrun_lepton and nrun_dgxcloud end-to-end tests check alike, each against its own fake
 (tests/cloud_fixtures.py): a sweep launched as a user launches it, a detached sweep cancelled from
-another shell, a wrong credential refused before anything is submitted, a job deleted behind
+another shell, a wrong credential refused before anything is submitted, a shell that cannot ask
+the service leaving a running point as recorded, a job deleted behind
 nrun's back, the API calls of a 20-point sweep, a 2-node torchrun point, and secrets kept out of
 every file. Each test adds what its backend does its own way (the calls, the names)."""
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
@@ -69,6 +71,34 @@ def check_wrong_credential(run: Callable[..., Any], monkeypatch: Any, variable: 
     assert "401" in proc.stderr and variable in proc.stderr and "Fix:" in proc.stderr
     assert "Traceback" not in proc.stderr and "not-the-credential" not in proc.stderr
     assert submitted() == before
+
+
+def check_status_that_cannot_ask_keeps_the_point(run: Callable[..., Any], variable: str) -> None:
+    """The detached supervisor is killed (-9) while its point runs; `nrun status` from a shell with
+    a wrong VARIABLE cannot ask the service (401): it says so and the point stays RUNNING (a refused
+    question once read as "ended" and made it LOST). With the right one it is still RUNNING, and
+    `nrun cancel` stops it."""
+    proc = run("x=1", "action=sleep", "seconds=300", "hydra.launcher.wait=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    wait_for(lambda: states() == {0: "RUNNING"}, timeout=180)
+    os.kill(status_json()["sweep"]["supervisor_pid"], signal.SIGKILL)
+    wait_for(lambda: not procs_alive(status_json()["sweep"]["supervisor_pid"]), timeout=30)
+    away = nrun("status", "last", "--json", env={variable: "not-the-credential"})
+    assert away.returncode == 0, away.stderr
+    assert json.loads(away.stdout)["points"][0]["state"] == "RUNNING"
+    assert "could not ask" in away.stderr and "not-the-credential" not in away.stderr, away.stderr
+    assert states() == {0: "RUNNING"}
+    out = nrun("cancel", "last", timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert states() == {0: "CANCELLED"}
+
+
+def procs_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
 
 
 def vanish(fake: Any, jobs: Dict[str, Any], key: str) -> None:

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import pytest
 
 from cloud_checks import (assert_in_no_file, cancel_running_sweep, check_call_budget, check_deleted_behind_nrun_is_lost,
+                          check_status_that_cannot_ask_keeps_the_point,
                           check_two_node_allreduce, check_wrong_credential, cloud_sweep, twenty_point_calls, vanish)
 from cloud_fixtures import RUNAI_CLIENT, RUNAI_PROJECT, cloud_fakes, dgx_env  # noqa: F401
 from docker_fixtures import docker_sandbox, docker_torch_image  # noqa: F401
@@ -75,6 +76,10 @@ def test_wrong_secret_is_an_auth_error_naming_the_variable(dgx_env, proj, home, 
     fake = dgx_env.runai
     check_wrong_credential(partial(sweep, dgx_env, proj), monkeypatch, "RUNAI_CLIENT_SECRET",
                            lambda: len(fake.calls_matching("POST", r"/workloads/")))
+
+
+def test_status_that_cannot_ask_the_service_keeps_the_running_point(dgx_env, proj, home):
+    check_status_that_cannot_ask_keeps_the_point(partial(sweep, dgx_env, proj), "RUNAI_CLIENT_SECRET")
 
 
 def test_token_is_cached_and_renewed_once_it_expires(dgx_env):

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from cloud_checks import (assert_in_no_file, cancel_running_sweep, check_call_budget, check_deleted_behind_nrun_is_lost,
+                          check_status_that_cannot_ask_keeps_the_point,
                           check_two_node_allreduce, check_wrong_credential, cloud_sweep, twenty_point_calls, vanish)
 from cloud_fixtures import cloud_fakes, lepton_env  # noqa: F401
 from docker_fixtures import docker_sandbox, docker_torch_image  # noqa: F401
@@ -71,6 +72,10 @@ def test_wrong_token_is_an_auth_error_naming_the_variable(lepton_env, proj, home
     fake = lepton_env.lepton
     check_wrong_credential(partial(sweep, lepton_env, proj), monkeypatch, "LEPTON_WORKSPACE_TOKEN",
                            lambda: len(fake.calls_matching("POST", r"/jobs$")))
+
+
+def test_status_that_cannot_ask_the_service_keeps_the_running_point(lepton_env, proj, home):
+    check_status_that_cannot_ask_keeps_the_point(partial(sweep, lepton_env, proj), "LEPTON_WORKSPACE_TOKEN")
 
 
 def test_a_job_deleted_behind_nrun_is_a_lost_point(lepton_env, proj, home):

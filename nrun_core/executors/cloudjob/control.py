@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
 
-from nrun_core.errors import NrunError
+from nrun_core.errors import BackendError, NrunError
 from nrun_core.executors.base import ENDED, BackendState, Control
 
 
@@ -61,8 +61,9 @@ class JobControl(Control):
                 out[p["idx"]] = BackendState(st.phase, exit_code=st.exit_code, detail=st.detail)
             except gone:
                 out[p["idx"]] = BackendState(ENDED, detail=f"{self.noun} {p['backend_id']} is gone (404)")
-            except NrunError:
-                out[p["idx"]] = None
+            except NrunError as exc:  # the service could not be asked: its silence says nothing of the point
+                raise BackendError(f"could not ask about {self.noun} {p['backend_id']}: {exc}; "
+                                   "the points' states stay as recorded") from None
         return out
 
     def cancel(self, points: Sequence[Dict[str, Any]]) -> List[int]:
