@@ -4,6 +4,7 @@ PID namespace on its own loopback address, private /tmp): what a user of a few G
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, interruptible, make_project, nrun, states, status_json, wait_for
+from conftest import NRUN, PYTHON, interruptible, make_project, nrun, states, status_json, wait_for
 from docker_fixtures import docker_client, docker_sandbox, docker_torch_image  # noqa: F401
 from ssh_fixtures import on_host, sandbox_hosts, ssh_env, ssh_sandbox, sweep_processes  # noqa: F401
 
@@ -142,6 +143,25 @@ def test_cancel_from_another_shell_ends_every_process_on_every_host(ssh_env, hom
     assert out.returncode == 0, out.stderr
     wait_for(lambda: set(states().values()) == {"CANCELLED"}, timeout=120)
     for h in hosts:
+        wait_for(lambda: sweep_processes(ssh_env, h, sweep_id) == [], timeout=60)
+
+
+def test_a_bare_shell_settles_nothing_it_cannot_ask_and_cancels_on_the_recorded_hosts(ssh_env, home, proj):
+    """The supervisor is killed (-9) while the points run. From a shell without the sandbox's
+    NRUN_SSH_* variables, `nrun status` asks the hosts of the hosts file the sweep recorded (it
+    found no hosts, and called the running points LOST); `nrun cancel` from there ends them."""
+    ok(sweep(proj, "x=1,2", "action=sleep", "seconds=300", "hydra.launcher.wait=false"))
+    sweep_id = status_json()["sweep"]["id"]
+    wait_for(lambda: list(states().values()).count("RUNNING") == 2, timeout=120)
+    os.kill(status_json()["sweep"]["supervisor_pid"], signal.SIGKILL)
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("NRUN_SSH_")}
+    status = subprocess.run([*NRUN, "status", sweep_id, "--json"], capture_output=True, text=True, env=bare, timeout=120)
+    assert status.returncode == 0, status.stderr
+    assert [p["state"] for p in json.loads(status.stdout)["points"]] == ["RUNNING", "RUNNING"], status.stderr
+    out = subprocess.run([*NRUN, "cancel", sweep_id], capture_output=True, text=True, env=bare, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert set(states().values()) == {"CANCELLED"}
+    for h in sandbox_hosts(ssh_env):
         wait_for(lambda: sweep_processes(ssh_env, h, sweep_id) == [], timeout=60)
 
 

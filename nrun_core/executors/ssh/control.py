@@ -3,7 +3,8 @@
 A point's backend id is ``host[,host...]/a<attempt>``; its spec gives the job dir, so the status
 dir of each node (``<job dir>/.nrun/<sweep>/a<attempt>.n<node>``) is known on each host, and
 nrun_host.py there tells whether it runs and signals it. The hosts come from the sweep's stored
-options, as the launcher read them (hosts, hosts file, or $NRUN_SSH_HOSTS_FILE).
+options, as the launcher read them (hosts, hosts file, or the $NRUN_SSH_HOSTS_FILE it recorded), so
+a shell without the launcher's variables asks the same hosts.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from types import SimpleNamespace
 from typing import Any, Dict, List, Optional, Sequence
 
-from nrun_core.errors import NrunError
+from nrun_core.errors import BackendError, NrunError
 from nrun_core.executors.base import ENDED, RUNNING, BackendState, Control
 from nrun_core.spec import JobSpec
 
@@ -38,9 +39,10 @@ class SshControl(Control):
         self._sites: Dict[str, Any] = {}
 
     def _opts(self) -> Any:
-        conf = dict(self.sweep.get("conf") or {})
-        return SimpleNamespace(**{"hosts": conf.get("hosts") or [], "hosts_file": conf.get("hosts_file"),
-                                  "known_hosts": conf.get("known_hosts"), "python": conf.get("python", "python3"),
+        conf, info = dict(self.sweep.get("conf") or {}), dict(self.sweep.get("info") or {})
+        return SimpleNamespace(**{"hosts": conf.get("hosts") or [],
+                                  "hosts_file": conf.get("hosts_file") or info.get("hosts_file"),
+                                  "known_hosts": conf.get("known_hosts") or info.get("known_hosts"), "python": conf.get("python", "python3"),
                                   "remote_dir": conf.get("remote_dir", ".nrun/ssh"),
                                   "connect_timeout_s": conf.get("connect_timeout_s", 15.0),
                                   "gpus_per_node": conf.get("gpus_per_node", 0)})
@@ -76,9 +78,9 @@ class SshControl(Control):
                 continue
             try:
                 states = [self._site(h).helper("status", {"dirs": [d]})["states"][0] for h, d, _ in nodes]
-            except NrunError:
-                out[p["idx"]] = None
-                continue
+            except NrunError as exc:  # its host could not be asked: that silence says nothing of the point
+                raise BackendError(f"could not ask {', '.join(h for h, _, _ in nodes)} about point {p['idx']}: "
+                                   f"{exc}; the points' states stay as recorded") from None
             if any(s["state"] == "running" for s in states):
                 out[p["idx"]] = BackendState(RUNNING)
             elif all(s["state"] == "ended" for s in states):

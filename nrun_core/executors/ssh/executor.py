@@ -166,6 +166,18 @@ class SshExecutor(QueuedExecutor):
             raise BackendError("nrun_ssh cannot use these hosts, so nothing was started:\n" + "\n".join(
                 f"  {name}: {why}" for name, why in sorted(errors.items())))
 
+    def record(self) -> Dict[str, Any]:
+        """The hosts and known-hosts files this shell's variables named (paths, no secrets), for
+        `nrun status` and `nrun cancel` from a shell without them."""
+        from nrun_core.executors.ssh import hosts as hostlib
+
+        out = {}
+        if not self.opts.hosts and not self.opts.hosts_file and os.environ.get(hostlib.HOSTS_FILE_ENV):
+            out["hosts_file"] = os.path.abspath(os.environ[hostlib.HOSTS_FILE_ENV])
+        if not self.opts.known_hosts and os.environ.get(hostlib.KNOWN_HOSTS_ENV):
+            out["known_hosts"] = os.path.abspath(os.environ[hostlib.KNOWN_HOSTS_ENV])
+        return out
+
     def render(self, specs: Sequence[JobSpec]) -> List[Request]:
         from nrun_core.executors.ssh import site as sitelib
         from nrun_core.shell import join
