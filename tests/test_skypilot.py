@@ -10,6 +10,7 @@ NotSupportedError host_controllers, then a launch retried every 30 s forever).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, interruptible, make_project, nrun, states, status_json, wait_for
+from conftest import NRUN, PYTHON, interruptible, make_project, nrun, states, status_json, wait_for
 from require import missing
 from skypilot_fixtures import sky_env, sky_queue, sky_sandbox  # noqa: F401
 
@@ -107,6 +108,37 @@ def test_ctrl_c_cancels_the_running_point(sky_env, home, tmp_path):
     assert states() == {0: "CANCELLED"}
     job = int(status_json()["points"][0]["backend_id"].rsplit("/", 1)[1])
     assert sky_queue(os.environ["NRUN_TEST_SKY_CLUSTER"])[job] == "CANCELLED"
+
+
+def test_a_bare_shell_asks_the_sweeps_own_server_after_the_launcher_died(sky_env, home, tmp_path):
+    """The launcher is killed (-9) while its point runs. `nrun status` and `nrun cancel` from a shell
+    with none of SkyPilot's settings ask the API server the sweep went to (recorded with it): the
+    point is RUNNING, not lost; then it is cancelled at SkyPilot. No local server is started for
+    that shell (SkyPilot's client would start one on its default port)."""
+    proj = make_project(tmp_path)
+    proc = subprocess.Popen([PYTHON, "sweep_app.py", "-m", "hydra/launcher=nrun_skypilot", "hydra.launcher.progress=lines",
+                             f"hydra.launcher.cluster_name={os.environ['NRUN_TEST_SKY_CLUSTER']}", "x=1",
+                             "action=sleep", "seconds=300", f"hydra.sweep.dir={tmp_path}/multirun"],
+                            cwd=proj, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        log = tmp_path / "multirun" / "0" / "stdout.log"
+        wait_for(lambda: log.exists() and "point x=1" in log.read_text(), timeout=600, step=1.0)
+    finally:
+        proc.kill()
+        proc.wait()
+    bare_sky = tmp_path / "bare-shell-sky"
+    bare = {k: v for k, v in os.environ.items() if not k.startswith(("SKYPILOT_", "SKY_", "NRUN_SKYPILOT"))}
+    bare["SKY_RUNTIME_DIR"] = str(bare_sky)  # where a server SkyPilot started for this shell would live
+    status = subprocess.run([*NRUN, "status", "last", "--json"], capture_output=True, text=True, env=bare, timeout=120)
+    assert status.returncode == 0, status.stderr
+    point = json.loads(status.stdout)["points"][0]
+    assert point["state"] == "RUNNING", point
+    job = int(point["backend_id"].rsplit("/", 1)[1])
+    cancel = subprocess.run([*NRUN, "cancel", "last"], capture_output=True, text=True, env=bare, timeout=180)
+    assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+    assert states() == {0: "CANCELLED"}
+    wait_for(lambda: sky_queue(os.environ["NRUN_TEST_SKY_CLUSTER"])[job] == "CANCELLED", timeout=120, step=2.0)
+    assert not list(bare_sky.rglob("*server*")), sorted(map(str, bare_sky.rglob("*")))
 
 
 @pytest.mark.torch

@@ -239,6 +239,29 @@ def test_files_that_would_land_outside_the_job_dir_are_refused(tmp_path):
     assert not (tmp_path / "outside.txt").exists()
 
 
+def test_a_shell_whose_server_is_down_gets_an_error_and_no_server(monkeypatch, tmp_path):
+    """`nrun status` asks the server the sweep recorded; when none answers, the point's state is
+    not settled from silence (BackendError naming the server and the fix), and SkyPilot's client
+    does not start a local server of its own; a server URL with credentials is never recorded."""
+    from nrun_core.errors import BackendError
+    from nrun_core.executors.skypilot.control import SkypilotControl, server_to_record
+
+    for k in SANDBOX_VARS:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("SKY_RUNTIME_DIR", str(tmp_path / "sky"))
+    point = {"idx": 0, "backend_id": "nrun-x/3"}
+    for info, named in (({"skypilot_api_server": "http://127.0.0.1:9"}, "http://127.0.0.1:9"),
+                        ({}, "this shell's SkyPilot API server")):
+        with pytest.raises(BackendError, match="did not answer") as err:
+            SkypilotControl({"id": "s", "info": info}).describe([point])
+        assert named in str(err.value) and "nrun sandbox skypilot up" in str(err.value)
+    assert not list((tmp_path / "sky").rglob("*server*"))  # no local server was started
+    monkeypatch.setenv("SKYPILOT_API_SERVER_ENDPOINT", "https://me:s3cr3t@sky.example.com")
+    assert server_to_record() == {}
+    monkeypatch.setenv("SKYPILOT_API_SERVER_ENDPOINT", "https://sky.example.com/")
+    assert server_to_record() == {"skypilot_api_server": "https://sky.example.com"}
+
+
 def test_sky_is_imported_only_when_nrun_skypilot_is_selected(home, tmp_path):
     """A Hydra app on another launcher (or none) never imports sky: plugin discovery stays cheap."""
     proj = make_project(tmp_path)

@@ -120,6 +120,12 @@ class SkypilotExecutor(QueuedExecutor):
             if missing:
                 raise ConfigError(f"hydra.launcher.secret_env names {', '.join(missing)}, not set in this shell")
 
+    def record(self) -> Dict[str, Any]:
+        """The API server the points go to: `nrun status` from another shell asks that one."""
+        from nrun_core.executors.skypilot.control import server_to_record
+
+        return server_to_record()
+
     def render(self, specs: Sequence[JobSpec]) -> List[Request]:
         out = []
         for i, s in enumerate(specs):
