@@ -14,6 +14,8 @@ import subprocess
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
+from nrun_core import procs
+
 from conftest import PYTHON, make_project, nrun, states, status_json, wait_for
 
 
@@ -81,8 +83,9 @@ def check_status_that_cannot_ask_keeps_the_point(run: Callable[..., Any], variab
     proc = run("x=1", "action=sleep", "seconds=300", "hydra.launcher.wait=false")
     assert proc.returncode == 0, proc.stderr[-3000:]
     wait_for(lambda: states() == {0: "RUNNING"}, timeout=180)
-    os.kill(status_json()["sweep"]["supervisor_pid"], signal.SIGKILL)
-    wait_for(lambda: not procs_alive(status_json()["sweep"]["supervisor_pid"]), timeout=30)
+    sweep = status_json()["sweep"]
+    os.kill(sweep["supervisor_pid"], signal.SIGKILL)
+    wait_for(lambda: not procs.alive(sweep["supervisor_pid"], sweep["supervisor_start"]), timeout=30)
     away = nrun("status", "last", "--json", env={variable: "not-the-credential"})
     assert away.returncode == 0, away.stderr
     assert json.loads(away.stdout)["points"][0]["state"] == "RUNNING"
@@ -91,14 +94,6 @@ def check_status_that_cannot_ask_keeps_the_point(run: Callable[..., Any], variab
     out = nrun("cancel", "last", timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert states() == {0: "CANCELLED"}
-
-
-def procs_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return not Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
 
 
 def vanish(fake: Any, jobs: Dict[str, Any], key: str) -> None:
